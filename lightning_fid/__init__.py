@@ -1,0 +1,33 @@
+"""lightning_fid: exact, distributed FID / KID / CMMD for PyTorch Lightning, measured while training."""
+
+from lightning_fid.distributed import FeatureBank
+from lightning_fid.metrics import (
+    CMMD,
+    FID,
+    KID,
+    cmmd,
+    frechet_distance,
+    kid,
+    kid_full,
+    reference_factor,
+    sqrtm_psd,
+)
+from lightning_fid.stats import FeatureMoments, Statistics, load_statistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CMMD",
+    "FID",
+    "KID",
+    "FeatureBank",
+    "FeatureMoments",
+    "Statistics",
+    "cmmd",
+    "frechet_distance",
+    "kid",
+    "kid_full",
+    "load_statistics",
+    "reference_factor",
+    "sqrtm_psd",
+]
