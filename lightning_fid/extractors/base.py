@@ -1,0 +1,113 @@
+"""What any feature extractor must offer, and the frozen wrapper every extractor runs in.
+
+Any ``torch.nn.Module`` that maps a batch of images to (N, D) features can be used. A module may
+declare itself with three attributes (all optional):
+
+- ``name`` (str): identifies the extractor in cache keys and logs (default: the class name);
+- ``feature_dim`` (int): D (default: found by one forward pass on a tiny batch);
+- ``input_range``: ``"uint8"`` to receive uint8 RGB NCHW images in [0, 255] (Inception, CLIP), or
+  ``(low, high)`` to receive float32 RGB images scaled to that range (default ``(0.0, 1.0)``).
+
+Generated images are always quantised to 8 bits first (as if saved to PNG), then handed over in the
+declared form, so a domain encoder sees exactly what it would see when reading PNG files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from lightning_fid.images import InputRange, parse_range
+
+
+@runtime_checkable
+class FeatureExtractor(Protocol):
+    """Optional self-description of an extractor (see the module docstring)."""
+
+    name: str
+    feature_dim: int
+    input_range: InputRange
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class ExtractorInfo:
+    name: str
+    feature_dim: int
+    input_range: InputRange
+    fingerprint: str  # hash of weights (or of the published file) for cache keys
+
+
+class Frozen(nn.Module):
+    """Runs ``module`` in eval mode without gradients; ``.train()`` cannot switch it back.
+
+    Lightning calls ``.train()`` on the LightningModule, and an extractor reachable from it would
+    otherwise start updating BatchNorm statistics. The callback keeps extractors out of the
+    LightningModule (so they are not in its state_dict), and this wrapper keeps them frozen anyway.
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        module.eval().requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> Frozen:
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.module(images)
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """Published-weights hash if the module records one, else a SHA-256 of its parameters and buffers."""
+    known = getattr(module, "weights_sha256", None)
+    if known:
+        return str(known)
+    digest = hashlib.sha256()
+    for key, tensor in module.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def describe(module: nn.Module, probe_size: int = 32) -> ExtractorInfo:
+    """Read (or infer) the extractor's name, feature dimension and input form."""
+    inner = module.module if isinstance(module, Frozen) else module
+    name = getattr(inner, "name", None) or type(inner).__name__
+    input_range: Any = getattr(inner, "input_range", (0.0, 1.0))
+    parse_range(input_range)  # validates
+    dim = getattr(inner, "feature_dim", None)
+    if dim is None:
+        device = next((p.device for p in inner.parameters()), torch.device("cpu"))
+        probe = torch.zeros(2, 3, probe_size, probe_size, dtype=torch.uint8, device=device)
+        out = run_extractor(module, probe, input_range)
+        dim = out.shape[1]
+    return ExtractorInfo(str(name), int(dim), input_range, weights_fingerprint(inner))
+
+
+def run_extractor(module: nn.Module, images_uint8: torch.Tensor, input_range: InputRange) -> torch.Tensor:
+    """Feed uint8 RGB images to ``module`` in its declared form; return (N, D) float features."""
+    bounds = parse_range(input_range)
+    x = images_uint8
+    if bounds is not None:
+        low, high = bounds
+        x = images_uint8.to(torch.float32) / 255.0 * (high - low) + low
+    with torch.no_grad():
+        features = module(x)
+    if isinstance(features, (tuple, list)):
+        features = features[0]
+    if features.ndim == 4 and features.shape[2:] == (1, 1):
+        features = features.flatten(1)  # pooled conv features
+    if features.ndim != 2 or features.shape[0] != images_uint8.shape[0]:
+        raise ValueError(
+            f"feature extractor {type(module).__name__} returned shape {tuple(features.shape)} for "
+            f"{images_uint8.shape[0]} images; it must return (N, D) features"
+        )
+    return features
