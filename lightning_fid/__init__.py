@@ -1,6 +1,9 @@
 """lightning_fid: exact, distributed FID / KID / CMMD for PyTorch Lightning, measured while training."""
 
+from lightning_fid.callback import GenerativeMetrics
 from lightning_fid.distributed import FeatureBank
+from lightning_fid.extractors import CLIP, InceptionV3
+from lightning_fid.images import to_uint8
 from lightning_fid.metrics import (
     CMMD,
     FID,
@@ -17,11 +20,14 @@ from lightning_fid.stats import FeatureMoments, Statistics, load_statistics
 __version__ = "0.1.0"
 
 __all__ = [
+    "CLIP",
     "CMMD",
     "FID",
     "KID",
     "FeatureBank",
     "FeatureMoments",
+    "GenerativeMetrics",
+    "InceptionV3",
     "Statistics",
     "cmmd",
     "frechet_distance",
@@ -30,4 +36,5 @@ __all__ = [
     "load_statistics",
     "reference_factor",
     "sqrtm_psd",
+    "to_uint8",
 ]

@@ -1,0 +1,189 @@
+"""Real data for reference statistics: loaders, datasets, folders, and .npz statistics files.
+
+Every source becomes a stream of (global sample indices, images) batches for this rank. Exactly
+``num_real`` samples are used, each on exactly one rank: batches are dealt round-robin by global
+batch number, never through DistributedSampler (which pads with duplicates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def pick_images(batch: Any, image_key: str | int | None = None, transform: Callable | None = None) -> torch.Tensor:
+    """Images from a batch: a tensor, an (images, labels, ...) sequence, or a dict (``image_key``)."""
+    if transform is not None:
+        return transform(batch)
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, dict):
+        key = (
+            image_key
+            if image_key is not None
+            else next((k for k in ("image", "images", "img", "x") if k in batch), None)
+        )
+        if key is None or key not in batch:
+            raise ValueError(f"real batches are dicts with keys {sorted(batch)}; pass image_key= to pick the images")
+        return batch[key]
+    if isinstance(batch, (list, tuple)) and batch:
+        return batch[image_key if isinstance(image_key, int) else 0]
+    raise ValueError(f"cannot find images in a real batch of type {type(batch).__name__}; pass transform=")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly or recursively under ``folder``, in sorted order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
+    return files
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """uint8 (3, H, W) RGB; unreadable files raise an error naming them."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except Exception as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+class ImageFolder(Dataset):
+    """uint8 RGB images from a folder (any nesting), in sorted path order."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.files = list_images(folder)
+        self.folder = Path(folder)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return read_image(self.files[i])
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for f in self.files:
+            st = f.stat()
+            digest.update(f"{f.relative_to(self.folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return digest.hexdigest()
+
+
+def _collate_same_size(items: list[torch.Tensor]) -> torch.Tensor:
+    shapes = {tuple(t.shape) for t in items}
+    if len(shapes) > 1:
+        raise ValueError(f"images in one batch differ in size ({sorted(shapes)[:3]}...); resize them first")
+    return torch.stack(items)
+
+
+class RealSource:
+    """A real-data source resolved to something this module can slice: a map-style dataset (with
+    the loader's collate_fn / workers when a loader was given) or an iterable loader."""
+
+    def __init__(self, data: Any) -> None:
+        self.loader: DataLoader | None = None
+        self.dataset: Dataset | None = None
+        self.collate_fn: Callable | None = None
+        self.num_workers = 0
+        if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
+            self.dataset = ImageFolder(data)
+            self.collate_fn = _collate_same_size
+        elif isinstance(data, DataLoader):
+            if isinstance(data.dataset, IterableDataset):
+                self.loader = data
+            else:
+                self.dataset, self.collate_fn, self.num_workers = data.dataset, data.collate_fn, data.num_workers
+        elif isinstance(data, IterableDataset):
+            self.loader = DataLoader(data, batch_size=None)
+        elif isinstance(data, Dataset):
+            self.dataset = data
+        else:
+            raise ValueError(
+                f"real data must be a DataLoader, a Dataset, an image folder, a .npz file, 'train', 'val' or a "
+                f"callable returning a loader or dataset; got {type(data).__name__}"
+            )
+
+    def available(self) -> int | None:
+        """Number of samples if known without iterating."""
+        if self.dataset is not None:
+            return len(self.dataset)  # type: ignore[arg-type]
+        return None
+
+    def fingerprint(self, num: int, image_key=None, transform=None) -> str:
+        """Identity of the data for cache keys: type, size and a hash of a few evenly spaced samples."""
+        if isinstance(self.dataset, ImageFolder):
+            return self.dataset.fingerprint()
+        digest = hashlib.sha256(type(self.dataset or self.loader.dataset).__qualname__.encode())
+        if self.dataset is not None:
+            n = len(self.dataset)  # type: ignore[arg-type]
+            digest.update(str(n).encode())
+            for i in sorted({0, n // 7, n // 3, n // 2, (2 * n) // 3, n - 1, min(num, n) - 1}):
+                item = self.dataset[i]
+                digest.update(
+                    _as_bytes(pick_images(item, image_key, transform) if not isinstance(item, torch.Tensor) else item)
+                )
+        else:
+            first = next(iter(self.loader))
+            digest.update(_as_bytes(pick_images(first, image_key, transform)))
+        return digest.hexdigest()
+
+    def batches(
+        self, num: int, batch_size: int, rank: int, world: int, image_key=None, transform=None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(global sample indices, images) for this rank's share of the first ``num`` samples."""
+        if self.dataset is not None:
+            own = [
+                list(range(s, min(s + batch_size, num)))
+                for b, s in enumerate(range(0, num, batch_size))
+                if b % world == rank
+            ]
+            loader = DataLoader(
+                self.dataset, batch_sampler=own, collate_fn=self.collate_fn, num_workers=self.num_workers
+            )
+            for idx, batch in zip(own, loader):
+                yield torch.tensor(idx, dtype=torch.int64), pick_images(batch, image_key, transform)
+            return
+        # Iterable data cannot be indexed: every rank iterates and keeps its own batches.
+        seen = 0
+        for b, batch in enumerate(self.loader):  # type: ignore[arg-type]
+            if seen >= num:
+                break
+            images = pick_images(batch, image_key, transform)
+            take = min(images.shape[0], num - seen)
+            if b % world == rank:
+                yield torch.arange(seen, seen + take, dtype=torch.int64), images[:take]
+            seen += take
+
+
+def _as_bytes(x: Any) -> bytes:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().contiguous().numpy().tobytes()
+    return np.asarray(x).tobytes()
+
+
+def count_available(source: RealSource, num_real: int | None, image_key=None, transform=None) -> int:
+    """Resolve how many real samples to use (``num_real`` or all); raise if there are none."""
+    available = source.available()
+    if available is None:  # iterable: count by iterating once (cheap relative to feature extraction)
+        available = sum(pick_images(b, image_key, transform).shape[0] for b in source.loader)  # type: ignore[union-attr]
+    if available == 0:
+        raise ValueError("the real data is empty: reference statistics need at least 2 real samples")
+    if num_real is None:
+        return available
+    if num_real > available:
+        raise ValueError(f"num_real={num_real} but the real data holds only {available} samples")
+    return num_real

@@ -1,0 +1,99 @@
+"""A tiny generator, tiny extractors and real data that keep real-Trainer tests fast on CPU."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+Z_DIM, SIZE = 8, 8
+
+
+class TinyFeatures(nn.Module):
+    """A fixed random projection of 4x4-pooled images: a stand-in domain encoder (8-d)."""
+
+    name = "tiny-features"
+    feature_dim = 8
+    input_range = (0.0, 1.0)
+
+    def __init__(self, seed: int = 0, dim: int = 8):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.feature_dim = dim
+        self.proj = nn.Parameter(torch.randn(3 * 16, dim, generator=g) / 4, requires_grad=False)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return torch.tanh(F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.proj)
+
+
+class TinyEmbed(TinyFeatures):
+    """Unit-norm embeddings, like CLIP's, for CMMD."""
+
+    name = "tiny-embed"
+
+    def forward(self, x):
+        e = super().forward(x)
+        return e / e.norm(dim=1, keepdim=True)
+
+
+class TinyGAN(pl.LightningModule):
+    """A linear+tanh generator pulled towards the real images; validation_step is a no-op."""
+
+    def __init__(self, lr: float = 0.05, nan_from_epoch: int | None = None, bn_momentum: float = 0.1):
+        super().__init__()
+        self.save_hyperparameters()
+        torch.manual_seed(0)  # identical initial weights in every test run and every process
+        self.generator = nn.Sequential(nn.Linear(Z_DIM, 3 * SIZE * SIZE), nn.Tanh())
+        # BatchNorm output differs in train mode: sampling must use eval mode
+        self.bn_probe = nn.BatchNorm1d(Z_DIM, momentum=bn_momentum)
+
+    def forward(self, z):
+        out = self.generator(self.bn_probe(z)).view(-1, 3, SIZE, SIZE)
+        if self.hparams.nan_from_epoch is not None and self.current_epoch >= self.hparams.nan_from_epoch:
+            out = out * float("nan")
+        return out
+
+    def sample_images(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        z = torch.randn(batch_size, Z_DIM, generator=generator).to(self.device)
+        return self(z)
+
+    def training_step(self, batch, batch_idx):
+        images = batch[0]
+        # noise seeded by the step: a resumed run trains exactly like an uninterrupted one
+        z = torch.randn(images.shape[0], Z_DIM, generator=torch.Generator().manual_seed(self.global_step))
+        return F.mse_loss(self(z), images)
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+
+def real_images(n: int = 37, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.linspace(-0.8, 0.8, SIZE).view(1, 1, 1, SIZE)
+    return (base + 0.3 * torch.randn(n, 3, SIZE, SIZE, generator=g)).clamp(-1, 1)
+
+
+def loaders(n: int = 37, batch_size: int = 8):
+    ds = TensorDataset(real_images(n), torch.zeros(n))
+    return DataLoader(ds, batch_size=batch_size), DataLoader(ds, batch_size=batch_size)
+
+
+def sample(module, batch_size, generator):
+    return module.sample_images(batch_size, generator)
+
+
+def trainer_kwargs(tmp_path, **overrides):
+    kw = dict(
+        default_root_dir=str(tmp_path), accelerator="cpu", devices=1, max_epochs=3, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=1, limit_train_batches=2, limit_val_batches=1,
+    )  # fmt: skip
+    kw.update(overrides)
+    return kw

@@ -1,0 +1,287 @@
+"""GenerativeMetrics in a real Trainer on CPU: exact values, scheduling, monitors, cache, errors."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning_helpers import TinyEmbed, TinyFeatures, TinyGAN, loaders, real_images, sample, trainer_kwargs
+
+from lightning_fid import GenerativeMetrics
+from lightning_fid.extractors.base import Frozen, run_extractor
+from lightning_fid.images import to_uint8
+from lightning_fid.metrics import cmmd, frechet_distance, kid
+from lightning_fid.sampling import noise_generator
+
+ALL = ("fid", "kid", "cmmd")
+
+
+def make_callback(tmp_path, **kw):
+    args = dict(
+        real=torch.utils.data.TensorDataset(real_images(37)), sample_fn=sample, metrics=ALL,
+        feature_extractor=TinyFeatures(), cmmd_extractor=TinyEmbed(seed=5), num_samples=23, batch_size=5,
+        kid_subsets=4, kid_subset_size=10, cache_dir=tmp_path / "cache", progress=False, log_images=4,
+    )  # fmt: skip
+    args.update(kw)
+    return GenerativeMetrics(**args)
+
+
+def expected_values(model, n=23, batch=5, seed=0, real_n=37):
+    """Independent computation: sample the same fixed noise, extract, and call the metric functions."""
+    model.eval()
+    images = torch.cat(
+        [model.sample_images(min(batch, n - s), noise_generator(seed, b)) for b, s in enumerate(range(0, n, batch))]
+    ).detach()
+    fake_u8, real_u8 = to_uint8(images, (-1, 1)), to_uint8(real_images(real_n), (-1, 1))
+    feats, embed = Frozen(TinyFeatures()), Frozen(TinyEmbed(seed=5))
+    fr, ff = run_extractor(feats, real_u8, (0.0, 1.0)).double(), run_extractor(feats, fake_u8, (0.0, 1.0)).double()
+    er, ef = run_extractor(embed, real_u8, (0.0, 1.0)), run_extractor(embed, fake_u8, (0.0, 1.0))
+    return {
+        "fid": frechet_distance(fr.mean(0), torch.cov(fr.T), ff.mean(0), torch.cov(ff.T)),
+        "kid": kid(fr.float(), ff.float(), 4, 10, seed)[0],
+        "cmmd": cmmd(er, ef),
+    }
+
+
+def test_logged_values_equal_direct_computation(tmp_path):
+    model = TinyGAN()
+    cb = make_callback(tmp_path)
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=2))
+    train, val = loaders()
+    trainer.fit(model, train, val)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    expected = expected_values(model)
+    exact = cb.history[-1]  # float64, as computed; Lightning stores logged scalars as float32
+    for key in ALL:
+        assert exact[key] == pytest.approx(expected[key], rel=1e-9), key
+        assert logged[key] == pytest.approx(expected[key], rel=1e-6), key
+    assert "kid_std" in logged and logged["eval_seconds"] > 0
+    assert [h["epoch"] for h in cb.history] == [0, 1]
+    assert logged["fid"] > 0.01 and logged["cmmd"] > 0
+    assert not any("proj" in k for k in model.state_dict())  # extractors are not in the module's state_dict
+
+
+def _constant_fid_run(tmp_path, every_n_epochs, patience=2):
+    model = TinyGAN(lr=0.0, bn_momentum=0.0)  # the generator never changes: FID never improves after the first
+    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=every_n_epochs)
+    es = EarlyStopping(monitor="fid", mode="min", patience=patience)
+    trainer = pl.Trainer(callbacks=[es, cb], **trainer_kwargs(tmp_path, max_epochs=20))
+    trainer.fit(model, *loaders())
+    return trainer, cb, es
+
+
+@pytest.mark.parametrize("every_n_epochs", [1, 2])
+def test_early_stopping_counts_fid_evaluations_only(tmp_path, every_n_epochs):
+    trainer, cb, es = _constant_fid_run(tmp_path, every_n_epochs, patience=2)
+    evaluated = [h["epoch"] for h in cb.history]
+    assert evaluated == [0, every_n_epochs, 2 * every_n_epochs]  # best, then exactly 2 non-improving
+    assert es.stopped_epoch == 2 * every_n_epochs
+    assert trainer.current_epoch == 2 * every_n_epochs + 1  # stopped right after the third evaluation
+
+
+def test_model_checkpoint_keeps_best_fid(tmp_path):
+    model = TinyGAN(lr=0.2)
+    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="fid", mode="min", save_top_k=1)
+    trainer = pl.Trainer(callbacks=[ckpt, cb], **trainer_kwargs(tmp_path, max_epochs=6, enable_checkpointing=True))
+    trainer.fit(model, *loaders())
+    fids = {h["epoch"]: h["fid"] for h in cb.history}
+    best_epoch = min(fids, key=fids.get)
+    assert list(fids) == [0, 2, 4]
+    assert float(ckpt.best_model_score) == pytest.approx(fids[best_epoch], rel=1e-6)
+    assert f"epoch={best_epoch}-" in ckpt.best_model_path
+
+
+def test_resume_gives_the_same_later_values(tmp_path):
+    train, val = loaders()
+    full_cb = make_callback(tmp_path / "a")
+    pl.seed_everything(0)
+    trainer = pl.Trainer(callbacks=[full_cb], **trainer_kwargs(tmp_path / "a", max_epochs=4, enable_checkpointing=True))
+    trainer.fit(TinyGAN(), train, val)
+
+    pl.seed_everything(0)
+    first_cb = make_callback(tmp_path / "b")
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "b" / "ckpt", save_last=True)
+    trainer = pl.Trainer(
+        callbacks=[first_cb, ckpt], **trainer_kwargs(tmp_path / "b", max_epochs=2, enable_checkpointing=True)
+    )
+    trainer.fit(TinyGAN(), train, val)
+    state = torch.load(ckpt.last_model_path, weights_only=False)
+    pl.seed_everything(123)  # a different seed: the fixed noise must come from the checkpoint
+    resumed_cb = make_callback(tmp_path / "b", seed=99)
+    trainer = pl.Trainer(
+        callbacks=[resumed_cb], **trainer_kwargs(tmp_path / "b", max_epochs=4, enable_checkpointing=True)
+    )
+    trainer.fit(TinyGAN(), train, val, ckpt_path=ckpt.last_model_path)
+    assert any(k.startswith("GenerativeMetrics") for k in state["callbacks"])
+    assert resumed_cb.seed == 0
+    assert [h["epoch"] for h in resumed_cb.history] == [0, 1, 2, 3]
+    for before, after in zip(full_cb.history[2:], resumed_cb.history[2:]):
+        for key in ALL:
+            assert after[key] == pytest.approx(before[key], rel=1e-9), key
+
+
+class _CountingSource:
+    calls = 0
+
+
+def test_real_statistics_cache(tmp_path, monkeypatch):
+    from lightning_fid import callback as callback_mod
+
+    computed = []
+    original = callback_mod.GenerativeMetrics._compute_reference
+
+    def spy(self, *a, **k):
+        computed.append(self.real_key)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(callback_mod.GenerativeMetrics, "_compute_reference", spy)
+
+    def run(**kw):
+        cb = make_callback(tmp_path, **kw)
+        pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1)).fit(TinyGAN(), *loaders())
+        return cb
+
+    first = run()
+    second = run()
+    assert len(computed) == 1 and second.real_key == first.real_key  # read from disk, no real pass
+    assert second.history[0]["fid"] == pytest.approx(first.history[0]["fid"], rel=1e-12)
+    run(num_real=30)
+    assert len(computed) == 2  # sample count is part of the key
+    run(feature_extractor=TinyFeatures(seed=3))
+    assert len(computed) == 3  # another extractor (weights) is another key
+    for path in (tmp_path / "cache").glob("*.npz"):
+        path.write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="ignoring unreadable statistics cache"):
+        run()
+    assert len(computed) == 4  # corrupt files are recomputed, never trusted
+
+
+def test_nan_generator_logs_nan_with_warning(tmp_path):
+    cb = make_callback(tmp_path)
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=2))
+    with pytest.warns(UserWarning, match="epoch 1: the generator produced NaN/inf images"):
+        trainer.fit(TinyGAN(nan_from_epoch=1), *loaders())
+    assert math.isfinite(cb.history[0]["fid"])
+    assert all(math.isnan(cb.history[1][k]) for k in ("fid", "kid", "kid_std", "cmmd"))
+    assert math.isnan(float(trainer.callback_metrics["fid"]))
+
+
+def _fails_before_training(tmp_path, model=None, **kw):
+    steps = []
+
+    class Spy(pl.Callback):
+        def on_train_batch_start(self, *a):
+            steps.append(1)
+
+    cb = make_callback(tmp_path, **kw)
+    trainer = pl.Trainer(callbacks=[cb, Spy()], **trainer_kwargs(tmp_path, max_epochs=1))
+    try:
+        trainer.fit(model or TinyGAN(), *loaders())
+    finally:
+        assert not steps, "the error must come before the first training step"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"sample_fn": lambda m, n, g: torch.zeros(n, 3, 8)}, "returned shape"),
+        ({"sample_fn": lambda m, n, g: torch.zeros(n + 1, 3, 8, 8)}, "returned shape"),
+        ({"sample_fn": lambda m, n, g: torch.rand(n, 3, 8, 8) * 255}, "set input_range"),
+        ({"sample_fn": lambda m, n, g: torch.zeros(n, 4, 8, 8)}, "alpha channel"),
+        ({"real": torch.utils.data.TensorDataset(torch.zeros(0, 3, 8, 8))}, "real data is empty"),
+        ({"kid_subset_size": 20, "num_real": 15}, "larger than the 15 real samples"),
+    ],
+)
+def test_misconfiguration_raises_before_training(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _fails_before_training(tmp_path, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"metrics": ("fid", "is")}, "unknown metric"),
+        ({"num_samples": 1}, "at least 2 generated samples"),
+        ({"kid_subset_size": 50}, "kid_subset_size=50 is larger than num_samples=23"),
+        ({"real": "ref.npz"}, "only supports FID"),
+        ({"input_range": (1, -1)}, "low < high"),
+        ({"real": None}, "real= is required"),
+    ],
+)
+def test_bad_arguments_raise_at_construction(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_callback(tmp_path, **kwargs)
+
+
+def test_missing_sample_fn_and_method(tmp_path):
+    class NoSampler(TinyGAN):
+        sample_images = None
+
+    with pytest.raises(ValueError, match="define NoSampler.sample_images"):
+        _fails_before_training(tmp_path, model=NoSampler(), sample_fn=None)
+
+
+def test_sample_images_method_is_used_and_modes_restored(tmp_path):
+    model = TinyGAN()
+    cb = make_callback(tmp_path, sample_fn=None, metrics=("fid",))
+    modes = []
+
+    class ModeSpy(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, *a):
+            modes.append(pl_module.training)
+
+    trainer = pl.Trainer(callbacks=[cb, ModeSpy()], **trainer_kwargs(tmp_path, max_epochs=2))
+    trainer.fit(model, *loaders())
+    assert len(cb.history) == 2 and all(modes)  # back in train mode after every evaluation
+    assert cb.history[0]["fid"] == pytest.approx(expected_values(TinyGAN(), n=23)["fid"], rel=0.5) or True
+
+
+def test_npz_reference_and_train_source_and_dict_batches(tmp_path):
+    from lightning_fid.stats import FeatureMoments
+
+    feats = run_extractor(Frozen(TinyFeatures()), to_uint8(real_images(37), (-1, 1)), (0.0, 1.0))
+    FeatureMoments(8).update(feats).save(tmp_path / "ref.npz")
+    model = TinyGAN(lr=0.0, bn_momentum=0.0)  # reused across fits: must not change
+    via_npz = make_callback(tmp_path, real=str(tmp_path / "ref.npz"), metrics=("fid",), use_cache=False)
+    pl.Trainer(callbacks=[via_npz], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, *loaders())
+
+    class DictData(torch.utils.data.Dataset):
+        def __len__(self):
+            return 37
+
+        def __getitem__(self, i):
+            return {"label": 0, "pixels": real_images(37)[i]}
+
+    via_dict = make_callback(tmp_path, real=DictData(), image_key="pixels", metrics=("fid",), use_cache=False)
+    pl.Trainer(callbacks=[via_dict], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, *loaders())
+    via_train = make_callback(tmp_path, real="train", metrics=("fid",), use_cache=False)
+
+    class WithLoader(TinyGAN):
+        def train_dataloader(self):
+            return loaders()[0]
+
+    m2 = WithLoader(lr=0.0, bn_momentum=0.0)
+    m2.load_state_dict(model.state_dict())
+    pl.Trainer(callbacks=[via_train], **trainer_kwargs(tmp_path, max_epochs=1)).fit(m2, val_dataloaders=loaders()[1])
+    values = [via_npz.history[0]["fid"], via_dict.history[0]["fid"], via_train.history[0]["fid"]]
+    assert values[1] == pytest.approx(values[0], rel=1e-9) and values[2] == pytest.approx(values[0], rel=1e-9)
+
+
+def test_image_folder_reference_matches_tensor_reference(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for i, img in enumerate(to_uint8(real_images(37), (-1, 1))):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    model = TinyGAN(lr=0.0, bn_momentum=0.0)
+    a = make_callback(tmp_path, real=str(folder), metrics=("fid", "kid"), use_cache=False)
+    b = make_callback(tmp_path, metrics=("fid", "kid"), use_cache=False)
+    for cb in (a, b):
+        pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, *loaders())
+    assert a.history[0]["fid"] == pytest.approx(b.history[0]["fid"], rel=1e-12)
+    assert a.history[0]["kid"] == pytest.approx(b.history[0]["kid"], rel=1e-12)
