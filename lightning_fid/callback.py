@@ -258,7 +258,7 @@ class GenerativeMetrics(Callback):
             )
         for slot in self.slots:
             stats = ref[slot.name]
-            if stats.n < 2:
+            if 0 <= stats.n < 2:
                 raise ValueError(f"only {stats.n} real sample(s): reference statistics need at least 2")
             dim = stats.mu.shape[0] if stats.mu is not None else stats.features.shape[1]
             if dim != slot.info.feature_dim:
@@ -273,8 +273,8 @@ class GenerativeMetrics(Callback):
         if _is_npz(self.real):
             stats = load_statistics(self.real)
             self.real_key = f"npz:{Path(self.real).resolve()}"
-            ref = {"features": SetStats(mu=torch.from_numpy(stats.mu).to(device), sigma=torch.from_numpy(stats.sigma).to(device),
-                                        n=stats.n or self.num_samples)}  # fmt: skip
+            mu, sigma = torch.from_numpy(stats.mu).to(device), torch.from_numpy(stats.sigma).to(device)
+            ref = {"features": SetStats(mu=mu, sigma=sigma, n=stats.n if stats.n is not None else -1)}  # -1: unknown
             prepare_reference(ref, "features")
             return ref
         source = RealSource(self._resolve_real(trainer, pl_module))
@@ -291,7 +291,9 @@ class GenerativeMetrics(Callback):
             data=source.fingerprint(num, self.image_key, self.transform),
         )
         ref = self._load_cached(device)
-        if ref is None:
+        # Agree across ranks: a cache file present on one node's disk but not another's must not send
+        # one rank into the collective real pass alone.
+        if any_rank(ref is None, device):
             ref = self._compute_reference(source, num, device)
             self._save_cached(ref)
         prepare_reference(ref, "features" if "fid" in self.metrics else None)
@@ -371,10 +373,11 @@ class GenerativeMetrics(Callback):
         """
         rank, world = rank_and_world()
         device = pl_module.device
-        acc = Accumulator(self.slots, device)
         grid, bad = None, False
         batches = plan(num_samples, self.batch_size, rank, world)
+        # Lightning evaluates under inference_mode; our accumulators must stay ordinary tensors.
         with torch.inference_mode(False), torch.no_grad():
+            acc = Accumulator(self.slots, device)
             bar = tqdm(
                 total=len(batches), desc="lightning_fid: sampling", disable=not self._show_progress(), leave=False
             )

@@ -285,3 +285,32 @@ def test_image_folder_reference_matches_tensor_reference(tmp_path):
         pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, *loaders())
     assert a.history[0]["fid"] == pytest.approx(b.history[0]["fid"], rel=1e-12)
     assert a.history[0]["kid"] == pytest.approx(b.history[0]["kid"], rel=1e-12)
+
+
+def test_final_evaluation_two_instances_and_callable_source(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    small = make_callback(tmp_path, metrics=("fid",), final_num_samples=40)
+    other = make_callback(
+        tmp_path, metrics=("fid",), prefix="cb2/", real=lambda: torch.utils.data.TensorDataset(real_images(37))
+    )
+    logger = CSVLogger(tmp_path, name="csv")
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    trainer = pl.Trainer(callbacks=[small, other, ckpt],
+                         **trainer_kwargs(tmp_path, max_epochs=1, logger=logger, enable_checkpointing=True))  # fmt: skip
+    trainer.fit(TinyGAN(), *loaders())
+    assert set(small.final_metrics) == {"final_fid"}
+    assert small.final_metrics["final_fid"] != small.history[-1]["fid"]  # 40 samples, not 23
+    assert other.history[0]["fid"] == pytest.approx(small.history[0]["fid"], rel=1e-12)  # callable -> same data
+    assert "cb2/fid" in trainer.callback_metrics and "fid" in trainer.callback_metrics
+    state = torch.load(ckpt.last_model_path, weights_only=False)["callbacks"]
+    assert len([k for k in state if k.startswith("GenerativeMetrics")]) == 2  # distinct state keys
+    with open(f"{logger.log_dir}/metrics.csv") as f:
+        assert "final_fid" in f.readline()
+
+
+def test_trainer_validate_without_fit(tmp_path):
+    cb = make_callback(tmp_path, metrics=("fid", "kid"))
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path))
+    results = trainer.validate(TinyGAN(), loaders()[1], verbose=False)
+    assert results[0]["fid"] == pytest.approx(cb.history[0]["fid"], rel=1e-6) and "kid" in results[0]
