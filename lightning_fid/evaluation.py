@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from lightning_fid.distributed import FeatureBank, all_reduce_packed
+from lightning_fid.distributed import FeatureBank, all_reduce_packed, rank_and_world
 from lightning_fid.extractors.base import ExtractorInfo, run_extractor
 from lightning_fid.images import InputRange, to_uint8
 from lightning_fid.metrics.cmmd import cmmd
@@ -122,10 +123,6 @@ def collect(
     desc: str = "lightning_fid: real statistics",
 ) -> dict[str, SetStats]:
     """Statistics of the first ``num`` images of ``source``, shared over ranks (a collective call)."""
-    from tqdm.auto import tqdm
-
-    from lightning_fid.distributed import rank_and_world
-
     rank, world = rank_and_world()
     acc = Accumulator(slots, device)
     n_batches = len(range(rank * batch_size, num, world * batch_size))
