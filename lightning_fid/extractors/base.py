@@ -43,22 +43,29 @@ class ExtractorInfo:
     fingerprint: str  # hash of weights (or of the published file) for cache keys
 
 
-class Frozen(nn.Module):
-    """Runs ``module`` in eval mode without gradients; ``.train()`` cannot switch it back.
+class AlwaysEval(nn.Module):
+    """A module that stays in eval mode: ``.train()`` cannot switch it (or its children) back.
 
     Lightning calls ``.train()`` on the LightningModule, and an extractor reachable from it would
-    otherwise start updating BatchNorm statistics. The callback keeps extractors out of the
-    LightningModule (so they are not in its state_dict), and this wrapper keeps them frozen anyway.
+    otherwise start updating BatchNorm statistics.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        super().train(False)
+
+    def train(self, mode: bool = True) -> AlwaysEval:
+        return super().train(False)
+
+
+class Frozen(AlwaysEval):
+    """Runs ``module`` in eval mode without gradients. The callback also keeps extractors out of the
+    LightningModule (so they are not in its state_dict); this wrapper keeps them frozen anyway."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
         module.eval().requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> Frozen:
-        return super().train(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

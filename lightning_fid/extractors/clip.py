@@ -6,12 +6,12 @@ import os
 import warnings
 
 import torch
-from torch import nn
 from torch_fidelity.feature_extractor_clip import build_model
 
+from lightning_fid.extractors.base import AlwaysEval
 from lightning_fid.extractors.inception import load_state_dict_file
 from lightning_fid.extractors.resize import pil_bicubic_resize
-from lightning_fid.extractors.weights import CLIP_WEIGHTS, WeightsError, resolve_weights, sha256_of
+from lightning_fid.extractors.weights import CLIP_WEIGHTS, WeightsError, resolve_verified
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -28,11 +28,12 @@ def load_clip_state_dict(path: os.PathLike) -> dict[str, torch.Tensor]:
         return load_state_dict_file(path)  # not TorchScript: a state dict saved with torch.save
 
 
-class CLIP(nn.Module):
+class CLIP(AlwaysEval):
     """L2-normalised CLIP image embeddings (768-d for ViT-L/14@336px), as google-research's CMMD.
 
     Preprocessing follows the CMMD reference: PIL's bicubic (antialiased) resize of the 8-bit image
-    to the model's resolution, reproduced bit-exactly in torch, then [0, 1] and CLIP mean/std. The network is torch-fidelity's CLIP visual tower built from the state dict.
+    to the model's resolution, reproduced bit-exactly in torch, then [0, 1] and CLIP mean/std. The
+    network is torch-fidelity's CLIP visual tower built from the state dict.
     """
 
     name = "clip-vit-l-14-336px"
@@ -40,9 +41,8 @@ class CLIP(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
-        path = resolve_weights(CLIP_WEIGHTS, weights_path)
+        path, self.weights_sha256 = resolve_verified(CLIP_WEIGHTS, weights_path)
         state = load_clip_state_dict(path)
-        self.weights_sha256 = sha256_of(path)
         try:
             self.model = build_model(state, torch.float32)
         except (KeyError, RuntimeError) as exc:
@@ -52,10 +52,6 @@ class CLIP(nn.Module):
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         self.model.eval().requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> CLIP:
-        return super().train(False)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> normalised float32 (N, 3, R, R)."""

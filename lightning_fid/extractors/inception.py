@@ -7,9 +7,9 @@ from unittest import mock
 
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
-from torch import nn
 
-from lightning_fid.extractors.weights import INCEPTION_WEIGHTS, WeightsError, resolve_weights, sha256_of
+from lightning_fid.extractors.base import AlwaysEval
+from lightning_fid.extractors.weights import INCEPTION_WEIGHTS, WeightsError, resolve_verified
 
 
 def load_state_dict_file(path: os.PathLike) -> dict[str, torch.Tensor]:
@@ -23,7 +23,7 @@ def load_state_dict_file(path: os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-class InceptionV3(nn.Module):
+class InceptionV3(AlwaysEval):
     """2048-d pool3 features of the TF-ported Inception-v3 (``inception-2015-12-05``).
 
     This is torch-fidelity's ``FeatureExtractorInceptionV3`` (the network torchmetrics also uses):
@@ -37,9 +37,8 @@ class InceptionV3(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
-        path = resolve_weights(INCEPTION_WEIGHTS, weights_path)
+        path, self.weights_sha256 = resolve_verified(INCEPTION_WEIGHTS, weights_path)
         state = load_state_dict_file(path)
-        self.weights_sha256 = sha256_of(path)
         # torch-fidelity's constructor fetches its state dict through this module-level loader (and
         # reads explicit paths with weights_only=False); hand it the dict we loaded safely instead.
         with mock.patch.object(tf_inception, "load_state_dict_from_url", lambda *a, **k: state):
@@ -48,10 +47,6 @@ class InceptionV3(nn.Module):
             except RuntimeError as exc:  # wrong keys or shapes
                 raise WeightsError(f"{path} is not an Inception-v3 FID state dict: {exc}") from exc
         self.net.eval().requires_grad_(False)
-        super().train(False)
-
-    def train(self, mode: bool = True) -> InceptionV3:
-        return super().train(False)  # frozen: BatchNorm statistics never update
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float32 (N, 2048)."""

@@ -143,11 +143,13 @@ def _resolve_local(spec: WeightsSpec, allow_download: bool) -> Path:
     return download(spec)
 
 
-def resolve_weights(spec: WeightsSpec, weights_path: str | os.PathLike | None = None) -> Path:
-    """Path of verified weights for ``spec``: explicit file, cache, or download (rank 0 only).
+def resolve_verified(spec: WeightsSpec, weights_path: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """(path, SHA-256) of the weights for ``spec``: explicit file, cache, or download (rank 0 only).
 
-    An explicit ``weights_path`` must exist and be readable; if its hash differs from the published
-    one, a warning says that numbers will not be comparable with published ones.
+    Cached and downloaded files are verified against the published hash; an explicit
+    ``weights_path`` must exist and be readable, and if its hash differs from the published one a
+    warning says that numbers will not be comparable with published ones. The hash is returned so
+    callers can record it without reading a large file twice.
     """
     if weights_path is not None:
         path = Path(weights_path).expanduser()
@@ -163,9 +165,9 @@ def resolve_weights(spec: WeightsSpec, weights_path: str | os.PathLike | None = 
                 f"{spec.sha256[:12]}...): values will not be comparable with papers.",
                 stacklevel=3,
             )
-        return path
+        return path, got
     if not is_distributed():
-        return _resolve_local(spec, allow_download=True)
+        return _resolve_local(spec, allow_download=True), spec.sha256
     # Rank 0 downloads if needed; the others wait and learn of its failure instead of hanging.
     error = [None]
     if dist.get_rank() == 0:
@@ -176,4 +178,9 @@ def resolve_weights(spec: WeightsSpec, weights_path: str | os.PathLike | None = 
     dist.broadcast_object_list(error, src=0)
     if error[0] is not None:
         raise WeightsError(f"rank 0 could not provide the {spec.name} weights: {error[0]}")
-    return _resolve_local(spec, allow_download=False)
+    return _resolve_local(spec, allow_download=False), spec.sha256
+
+
+def resolve_weights(spec: WeightsSpec, weights_path: str | os.PathLike | None = None) -> Path:
+    """Path of verified weights for ``spec`` (see :func:`resolve_verified`)."""
+    return resolve_verified(spec, weights_path)[0]
