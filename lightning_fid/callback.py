@@ -30,10 +30,10 @@ from lightning_fid.evaluation import (
     any_rank,
     collect,
     compute_metrics,
+    make_slot,
     nan_metrics,
     prepare_reference,
 )
-from lightning_fid.extractors.base import Frozen, describe
 from lightning_fid.extractors.weights import cache_dir as default_cache_root
 from lightning_fid.image_logging import image_grid, log_grid
 from lightning_fid.images import InputRange, parse_range, to_uint8
@@ -198,20 +198,17 @@ class GenerativeMetrics(Callback):
                 from lightning_fid.extractors.inception import InceptionV3
 
                 module = InceptionV3()
-            slots.append(self._slot("features", module, moments="fid" in self.metrics, keep="kid" in self.metrics))
+            slots.append(
+                make_slot("features", module, moments="fid" in self.metrics, keep_features="kid" in self.metrics)
+            )
         if "cmmd" in self.metrics:
             module = self.cmmd_extractor
             if module is None:
                 from lightning_fid.extractors.clip import CLIP
 
                 module = CLIP()
-            slots.append(self._slot("cmmd", module, moments=False, keep=True))
+            slots.append(make_slot("cmmd", module, moments=False, keep_features=True))
         return slots
-
-    @staticmethod
-    def _slot(name: str, module: nn.Module, moments: bool, keep: bool) -> Slot:
-        frozen = module if isinstance(module, Frozen) else Frozen(module)
-        return Slot(name, frozen, describe(frozen), moments, keep)
 
     def _order_before_monitors(self, trainer: pl.Trainer) -> None:
         """Run before EarlyStopping / ModelCheckpoint in shared hooks, so they see this epoch's values."""
@@ -260,10 +257,9 @@ class GenerativeMetrics(Callback):
             stats = ref[slot.name]
             if 0 <= stats.n < 2:
                 raise ValueError(f"only {stats.n} real sample(s): reference statistics need at least 2")
-            dim = stats.mu.shape[0] if stats.mu is not None else stats.features.shape[1]
-            if dim != slot.info.feature_dim:
+            if stats.dim != slot.info.feature_dim:
                 raise ValueError(
-                    f"real statistics have {dim} features but {slot.info.name} gives {slot.info.feature_dim}: "
+                    f"real statistics have {stats.dim} features but {slot.info.name} gives {slot.info.feature_dim}: "
                     "the .npz was computed with another extractor"
                 )
 

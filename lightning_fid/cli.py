@@ -31,11 +31,11 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _extractor(kind: str, weights: str | None):
-    from lightning_fid.callback import GenerativeMetrics
+    from lightning_fid.evaluation import make_slot
     from lightning_fid.extractors import CLIP, InceptionV3
 
     module = InceptionV3(weights) if kind == "inception" else CLIP(weights)
-    return GenerativeMetrics._slot("features" if kind == "inception" else "cmmd", module, True, True)
+    return make_slot("features" if kind == "inception" else "cmmd", module, moments=True, keep_features=True)
 
 
 def _folder_stats(folder: str, slots, num: int | None, args):
@@ -93,10 +93,10 @@ def _cmd_score(args: argparse.Namespace) -> int:
         slots["cmmd"] = _extractor("clip", args.clip_weights)
     a, b = (_side(p, metrics, slots, args) for p in (args.a, args.b))
     for name in a:
-        da = a[name].mu.shape[0] if a[name].mu is not None else a[name].features.shape[1]
-        db = b[name].mu.shape[0] if b[name].mu is not None else b[name].features.shape[1]
-        if da != db:
-            raise ValueError(f"mismatched statistics: {args.a} has {da}-d features, {args.b} has {db}-d")
+        if a[name].dim != b[name].dim:
+            raise ValueError(
+                f"mismatched statistics: {args.a} has {a[name].dim}-d features, {args.b} has {b[name].dim}-d"
+            )
     prepare_reference(a, "features" if "fid" in metrics else None)
     subset = min(args.kid_subset_size, a.get("features").n, b.get("features").n) if "kid" in metrics else 2
     values = compute_metrics(metrics, a, b, args.kid_subsets, subset, 0, 10.0, 1000.0)

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lightning_fid.distributed import FeatureBank, all_reduce_packed, rank_and_world
-from lightning_fid.extractors.base import ExtractorInfo, run_extractor
+from lightning_fid.extractors.base import ExtractorInfo, Frozen, describe, run_extractor
 from lightning_fid.images import InputRange, to_uint8
 from lightning_fid.metrics.cmmd import cmmd
 from lightning_fid.metrics.fid import frechet_distance, reference_factor, warn_if_rank_deficient
@@ -34,6 +34,12 @@ class Slot:
     keep_features: bool
 
 
+def make_slot(name: str, module: nn.Module, moments: bool, keep_features: bool) -> Slot:
+    """Wrap ``module`` frozen and read its self-description (one probe pass if it declares no dim)."""
+    frozen = module if isinstance(module, Frozen) else Frozen(module)
+    return Slot(name, frozen, describe(frozen), moments, keep_features)
+
+
 @dataclass
 class SetStats:
     """A sample set's statistics for one slot, identical on every rank after ``finish``."""
@@ -43,6 +49,11 @@ class SetStats:
     n: int = 0
     features: torch.Tensor | None = None
     factor: torch.Tensor | None = None  # reference only: cached F with F F^T = sigma
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension of these statistics."""
+        return int(self.mu.shape[0] if self.mu is not None else self.features.shape[1])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {"n": np.asarray(self.n)}
