@@ -54,7 +54,6 @@ def test_csv_receives_scalars_and_png_grid(tmp_path):
 
 @pytest.mark.slow
 def test_wandb_offline_receives_scalars_and_images(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
     from lightning.pytorch.loggers import WandbLogger
 
     monkeypatch.setenv("WANDB_MODE", "offline")
