@@ -2,7 +2,7 @@
 
 The key hashes the extractor (name and weights fingerprint), its preprocessing, the real data's
 fingerprint, the sample count and what is stored; a changed key is a different file, so a stale
-file is never read. Files are written atomically by rank 0; unreadable files are recomputed.
+file is never read. Files are written atomically; unreadable files are recomputed.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from lightning_fid.stats import _atomic_savez
+from lightning_fid.files import atomic_write
+from lightning_fid.stats import Statistics
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: Statistics arrays (n absent when unknown) plus the key
 
 
 def cache_key(**parts: Any) -> str:
@@ -28,31 +29,33 @@ def cache_key(**parts: Any) -> str:
 
 
 class StatsCache:
-    """Folder of ``<key>.npz`` files; ``load`` returns None for missing or corrupt files."""
+    """Folder of ``real-<key>.npz`` files; ``load`` returns None for missing or corrupt files."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
 
     def path(self, key: str) -> Path:
+        """Where the entry for ``key`` lives."""
         return self.root / f"real-{key}.npz"
 
-    def load(self, key: str) -> dict[str, np.ndarray] | None:
+    def load(self, key: str) -> Statistics | None:
+        """The cached statistics for ``key``, or None (missing, truncated, corrupt or foreign file)."""
         path = self.path(key)
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
-            if str(arrays.get("key", "")) != key:
+            if str(arrays.pop("key", "")) != key:
                 raise ValueError("key mismatch")
-            return arrays
+            return Statistics.from_arrays(arrays, source=str(path))
         except Exception as exc:  # truncated, corrupt, foreign: never trusted
             warnings.warn(f"ignoring unreadable statistics cache {path} ({exc}); recomputing", stacklevel=2)
             return None
 
-    def save(self, key: str, arrays: dict[str, np.ndarray], metadata: dict[str, Any]) -> Path:
+    def save(self, key: str, stats: Statistics) -> Path:
+        """Write ``stats`` under ``key`` atomically."""
         path = self.path(key)
-        _atomic_savez(
-            path, {**arrays, "key": np.asarray(key), "metadata": np.asarray(json.dumps(metadata, default=str))}
-        )
+        with atomic_write(path, suffix=".npz") as tmp:
+            np.savez(tmp, **stats.to_arrays(), key=np.asarray(key))
         return path

@@ -10,12 +10,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
+from lightning_fid import registry
 from lightning_fid.extractors.weights import PUBLISHED, WeightsError, cache_dir, download, sha256_of
+from lightning_fid.real import RealOptions
+from lightning_fid.reference import is_statistics_file
+from lightning_fid.stats import Statistics, load_statistics
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -30,77 +34,76 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _extractor(kind: str, weights: str | None):
-    from lightning_fid.evaluation import make_slot
-    from lightning_fid.extractors import CLIP, InceptionV3
-
-    module = InceptionV3(weights) if kind == "inception" else CLIP(weights)
-    return make_slot("features" if kind == "inception" else "cmmd", module, moments=True, keep_features=True)
+_BY_WEIGHTS = {spec.weights: spec for spec in registry.SLOTS.values()}  # "inception" -> the "features" slot
 
 
-def _folder_stats(folder: str, slots, num: int | None, args):
-    from lightning_fid.evaluation import collect
-    from lightning_fid.real import RealSource, count_available
+def _real_options(args: argparse.Namespace) -> RealOptions:
+    return RealOptions(input_range="uint8", batch_size=args.batch_size, num_real=args.num)
 
-    source = RealSource(folder)
-    n = count_available(source, num)
+
+def _folder_stats(folder: str, slots: list, args: argparse.Namespace) -> dict[str, Statistics]:
+    """Statistics of an image folder for every slot, through the same resolution the callback uses."""
+    from lightning_fid.reference import resolve_reference
+
     device = torch.device(args.device)
     for slot in slots:
         slot.module.to(device)
-    return collect(source, n, slots, args.batch_size, device, "uint8", progress=True, desc=f"reading {folder}")
+    return resolve_reference(folder, slots, _real_options(args), device=device, progress=True).stats
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    from lightning_fid.pipeline import make_slot
+
     if not Path(args.source).is_dir():
         raise ValueError(f"{args.source} is not a folder of images")
-    slot = _extractor(args.extractor, args.weights)
-    slot.keep_features = False
-    stats = _folder_stats(args.source, [slot], args.num, args)[slot.name]
-    from lightning_fid.stats import Statistics
-
-    meta = {"extractor": slot.info.name, "weights_sha256": slot.info.fingerprint, "source": str(args.source)}
-    Statistics(stats.mu.cpu().numpy(), stats.sigma.cpu().numpy(), stats.n, meta).save(args.output)
-    print(f"wrote {args.output}: {stats.n} images, {stats.mu.shape[0]}-d {slot.info.name} features")
+    spec = _BY_WEIGHTS[args.extractor]
+    slot = make_slot(spec.name, spec.default(args.weights), moments=True, keep_features=False)
+    stats = _folder_stats(args.source, [slot], args)[slot.name]
+    stats.metadata = {"extractor": slot.info.name, "weights_sha256": slot.info.fingerprint, "source": str(args.source)}
+    stats.save(args.output)
+    print(f"wrote {args.output}: {stats.n} images, {stats.dim}-d {slot.info.name} features")
     return 0
 
 
-def _side(path: str, metrics: tuple[str, ...], slots: dict, args):
-    """Statistics of one side: a folder (all metrics) or an .npz file (FID only)."""
-    from lightning_fid.evaluation import SetStats
-    from lightning_fid.stats import load_statistics
-
-    if str(path).endswith(".npz"):
-        if set(metrics) - {"fid"}:
-            raise ValueError(f"{path} holds statistics only; {sorted(set(metrics) - {'fid'})} need an image folder")
-        s = load_statistics(path)
-        return {"features": SetStats(mu=torch.from_numpy(s.mu), sigma=torch.from_numpy(s.sigma), n=s.n or 0)}
+def _side(path: str, metrics: tuple[str, ...], slots: Callable[[], list], args: argparse.Namespace):
+    """Statistics of one side: an .npz file (moments-only metrics) or an image folder (any metric)."""
+    if is_statistics_file(path):
+        needs_images = [spec.name for spec in registry.specs(metrics) if spec.features]
+        if needs_images:
+            raise ValueError(f"{path} holds statistics only; {needs_images} need an image folder")
+        return {spec.slot: load_statistics(path) for spec in registry.specs(metrics)}
     if not Path(path).is_dir():
         raise ValueError(f"{path} is neither an image folder nor an .npz statistics file")
-    return _folder_stats(path, list(slots.values()), args.num, args)
+    return _folder_stats(path, slots(), args)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from lightning_fid.evaluation import compute_metrics, prepare_reference
+    from lightning_fid.pipeline import build_slots
 
-    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    unknown = set(metrics) - {"fid", "kid", "cmmd"}
-    if unknown or not metrics:
-        raise ValueError(f"unknown metric(s) {sorted(unknown)}; choose from fid, kid, cmmd")
-    slots = {}
-    if {"fid", "kid"} & set(metrics):
-        slots["features"] = _extractor("inception", args.inception_weights)
-    if "cmmd" in metrics:
-        slots["cmmd"] = _extractor("clip", args.clip_weights)
+    metrics = registry.check_metric_names(m.strip() for m in args.metrics.split(",") if m.strip())
+    for path in (args.a, args.b):  # paths first: no weights are loaded for a typo
+        if not is_statistics_file(path) and not Path(path).is_dir():
+            raise ValueError(f"{path} is neither an image folder nor an .npz statistics file")
+    built: list = []
+
+    def slots() -> list:  # built once, only if a folder needs extracting
+        if not built:
+            weights = {name: getattr(args, f"{spec.weights}_weights") for name, spec in registry.SLOTS.items()}
+            built.extend(build_slots(metrics, weights=weights))
+        return built
+
     a, b = (_side(p, metrics, slots, args) for p in (args.a, args.b))
     for name in a:
         if a[name].dim != b[name].dim:
             raise ValueError(
                 f"mismatched statistics: {args.a} has {a[name].dim}-d features, {args.b} has {b[name].dim}-d"
             )
-    prepare_reference(a, "features" if "fid" in metrics else None)
-    subset = min(args.kid_subset_size, a.get("features").n, b.get("features").n) if "kid" in metrics else 2
-    values = compute_metrics(metrics, a, b, args.kid_subsets, subset, 0, 10.0, 1000.0)
-    values["n_a"], values["n_b"] = a[next(iter(a))].n, b[next(iter(b))].n
+    counts = [s.n for side in (a, b) for s in side.values() if s.n is not None]
+    subset = min([args.kid_subset_size, *counts])
+    options = registry.MetricOptions(kid_subsets=args.kid_subsets, kid_subset_size=max(2, subset))
+    registry.prepare_reference(metrics, a, options)
+    values: dict[str, float | int | None] = dict(registry.compute(metrics, a, b, options))
+    values["n_a"], values["n_b"] = (next(iter(side.values())).n for side in (a, b))
     if args.json:
         print(json.dumps(values, sort_keys=True))
     else:
@@ -121,19 +124,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="reference statistics of an image folder, as a pytorch-fid .npz")
     p.add_argument("source", help="folder of images")
     p.add_argument("-o", "--output", required=True, help="the .npz to write (mu, sigma, n, metadata)")
-    p.add_argument("--extractor", choices=("inception", "clip"), default="inception")
+    p.add_argument("--extractor", choices=sorted(_BY_WEIGHTS), default="inception")
     p.add_argument("--weights", help="explicit weights file (default: cache or download)")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("score", help="FID / KID / CMMD between two image folders or .npz files")
     p.add_argument("a", help="reference: image folder or .npz")
     p.add_argument("b", help="generated: image folder or .npz")
-    p.add_argument("--metrics", default="fid", help="comma-separated: fid,kid,cmmd (kid/cmmd need folders)")
+    p.add_argument("--metrics", default="fid", help=f"comma-separated, from {','.join(registry.METRICS)}")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--kid-subsets", type=int, default=100)
     p.add_argument("--kid-subset-size", type=int, default=1000)
-    p.add_argument("--inception-weights", help="explicit Inception weights file")
-    p.add_argument("--clip-weights", help="explicit CLIP weights file")
+    for spec in registry.SLOTS.values():
+        p.add_argument(f"--{spec.weights}-weights", help=f"explicit {spec.weights} weights file")
     p.set_defaults(func=_cmd_score)
     for sp in (sub.choices["stats"], sub.choices["score"]):
         sp.add_argument("--num", type=int, help="use only the first N images (sorted by path)")

@@ -1,4 +1,5 @@
-"""Collective helpers: one packed all-reduce for sums, ordered all-gather for feature banks.
+"""Collectives, and nothing else: one packed all-reduce for sums, an ordered all-gather for kept
+features, agreement on a flag, and rank 0's errors shared with every rank.
 
 Everything here is a no-op on a single process (torch.distributed not initialised), so the same
 code path serves one GPU and many nodes. Every rank must call these functions in the same order.
@@ -9,20 +10,22 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+Group = dist.ProcessGroup | None  # a process group, or None for the default (world) group
+
 
 def is_distributed() -> bool:
     """True when a default process group with more than one rank is initialised."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def rank_and_world(group=None) -> tuple[int, int]:
+def rank_and_world(group: Group = None) -> tuple[int, int]:
     """(rank, world_size) of this process; (0, 1) without torch.distributed."""
     if not is_distributed():
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def all_reduce_packed(tensors: list[torch.Tensor], group=None) -> list[torch.Tensor]:
+def all_reduce_packed(tensors: list[torch.Tensor], group: Group = None) -> list[torch.Tensor]:
     """Sum each tensor over all ranks with exactly one all-reduce (packed in float64).
 
     torchmetrics syncs sum states with an all-gather of every rank's copy: for a 2048x2048 moment
@@ -32,14 +35,15 @@ def all_reduce_packed(tensors: list[torch.Tensor], group=None) -> list[torch.Ten
         return [t.clone() for t in tensors]
     flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group)
-    out, offset = [], 0
+    out = []
+    offset = 0
     for t in tensors:
         out.append(flat[offset : offset + t.numel()].view(t.shape).to(t.dtype))
         offset += t.numel()
     return out
 
 
-def all_gather_uneven(x: torch.Tensor, group=None) -> list[torch.Tensor]:
+def all_gather_uneven(x: torch.Tensor, group: Group = None) -> list[torch.Tensor]:
     """All-gather tensors whose first dimension differs between ranks; returns one per rank."""
     if not is_distributed():
         return [x]
@@ -64,7 +68,7 @@ def order_by_index(features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return features[order]
 
 
-def default_index(count: int, seen: int, device=None, group=None) -> torch.Tensor:
+def default_index(count: int, seen: int, device=None, group: Group = None) -> torch.Tensor:
     """Global indices for ``count`` new local rows when the caller gives none.
 
     Sample k on rank r gets index r + k * world_size: the inverse of DistributedSampler's
@@ -75,7 +79,7 @@ def default_index(count: int, seen: int, device=None, group=None) -> torch.Tenso
     return rank + local * world
 
 
-def gather_in_order(features: torch.Tensor, index: torch.Tensor, group=None) -> torch.Tensor:
+def gather_in_order(features: torch.Tensor, index: torch.Tensor, group: Group = None) -> torch.Tensor:
     """All-gather per-rank features (uneven counts allowed) into global sample order on every rank."""
     if features.shape[0] != index.shape[0]:
         raise ValueError(f"{features.shape[0]} feature rows but {index.shape[0]} indices")
@@ -84,45 +88,22 @@ def gather_in_order(features: torch.Tensor, index: torch.Tensor, group=None) -> 
     return order_by_index(feats, idx)
 
 
-class FeatureBank:
-    """Per-rank store of feature rows with global sample indices, gathered in global order.
+def any_rank(flag: bool, device: torch.device | str = "cpu", group: Group = None) -> bool:
+    """True if ``flag`` is set on any rank (one tiny all-reduce; every rank must call it)."""
+    (total,) = all_reduce_packed([torch.tensor([float(flag)], device=device)], group)
+    return bool(total.item() > 0)
 
-    KID subsets and the CMMD kernel need the samples themselves (not just moments); the bank keeps
-    the features this rank computed and, on ``gather``, returns all ranks' features sorted by global
-    index, so the result is identical for any number of processes.
-    """
 
-    def __init__(self, dim: int | None = None) -> None:
-        self.dim = dim
-        self._features: list[torch.Tensor] = []
-        self._index: list[torch.Tensor] = []
-        self._seen = 0
+def barrier(group: Group = None) -> None:
+    """Wait for every rank (no-op on one process)."""
+    if is_distributed():
+        dist.barrier(group=group)
 
-    def __len__(self) -> int:
-        return self._seen
 
-    def add(self, features: torch.Tensor, index: torch.Tensor | None = None) -> None:
-        """Store a (B, D) batch; ``index`` gives each row's global sample number."""
-        if features.ndim != 2 or (self.dim is not None and features.shape[1] != self.dim):
-            raise ValueError(f"features must be (batch, {self.dim or 'dim'}), got shape {tuple(features.shape)}")
-        if index is None:
-            index = default_index(features.shape[0], self._seen, features.device)
-        self._features.append(features.detach())
-        self._index.append(torch.as_tensor(index, dtype=torch.int64, device=features.device).reshape(-1))
-        self._seen += features.shape[0]
-
-    def gather(self, group=None) -> torch.Tensor:
-        """All ranks' features in global order (a collective: every rank must call it)."""
-        if self._features:
-            feats, index = torch.cat(self._features), torch.cat(self._index)
-        elif self.dim is not None:  # a rank may legitimately hold no samples (N < world size)
-            feats, index = torch.empty(0, self.dim), torch.empty(0, dtype=torch.int64)
-        else:
-            raise ValueError("the feature bank is empty and has no dim; create it as FeatureBank(dim)")
-        return gather_in_order(feats, index, group)
-
-    def reset(self) -> None:
-        """Free the stored features."""
-        self._features.clear()
-        self._index.clear()
-        self._seen = 0
+def broadcast_error(error: str | None, group: Group = None) -> str | None:
+    """Rank 0's error message (or None) on every rank, so the others fail with it instead of hanging."""
+    if not is_distributed():
+        return error
+    box = [error]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
+
+from lightning_fid.files import atomic_write
 
 
 def image_grid(images_uint8: torch.Tensor) -> torch.Tensor:
@@ -44,9 +45,7 @@ def log_grid(trainer, grid: torch.Tensor, tag: str, step: int, epoch: int) -> li
 
 
 def _save_png(hwc: np.ndarray, folder: Path, tag: str, epoch: int) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{tag.replace('/', '_')}_epoch={epoch:04d}.png"
-    tmp = path.with_suffix(".tmp.png")
-    Image.fromarray(hwc).save(tmp)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".png") as tmp:
+        Image.fromarray(hwc).save(tmp)
     return str(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,37 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from lightning_fid.images import InputRange, parse_range
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class RealOptions:
+    """How real images are read for reference statistics.
+
+    Args:
+        input_range: range of real float images (uint8 tensors and image files are always 8-bit).
+        batch_size: images per extractor batch.
+        num_real: use the first ``num_real`` samples (None: all), each once across ranks.
+        image_key: which entry of dict / tuple batches holds the images.
+        transform: ``transform(batch) -> images`` when batches need more than picking an entry.
+    """
+
+    input_range: InputRange = (-1.0, 1.0)
+    batch_size: int = 250
+    num_real: int | None = None
+    image_key: str | int | None = None
+    transform: Callable[[Any], torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        parse_range(self.input_range)
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.num_real is not None and (not isinstance(self.num_real, int) or self.num_real < 2):
+            raise ValueError(
+                f"num_real={self.num_real!r}: reference statistics need at least 2 real samples (None: all)"
+            )
 
 
 def pick_images(batch: Any, image_key: str | int | None = None, transform: Callable | None = None) -> torch.Tensor:
@@ -106,7 +137,9 @@ class RealSource:
             if isinstance(data.dataset, IterableDataset):
                 self.loader = data
             else:
-                self.dataset, self.collate_fn, self.num_workers = data.dataset, data.collate_fn, data.num_workers
+                self.dataset = data.dataset
+                self.collate_fn = data.collate_fn
+                self.num_workers = data.num_workers
         elif isinstance(data, IterableDataset):
             self.loader = DataLoader(data, batch_size=None)
         elif isinstance(data, Dataset):

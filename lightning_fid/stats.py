@@ -1,15 +1,21 @@
-"""Feature statistics that merge exactly across batches and processes, and their .npz files.
+"""Feature statistics: how a sample set's features accumulate, merge across ranks, and are stored.
 
-FID needs only the mean and covariance of the features. We keep the float64 count, sum and sum of
-outer products: these add up across batches and ranks, so one all-reduce merges every process's
-statistics, and the result does not depend on how the samples were split.
+Three types, one idea (what a metric needs from a sample set):
+
+- :class:`FeatureMoments` accumulates the float64 count, sum and sum of outer products. These add up
+  across batches and ranks, so one all-reduce merges every process's moments and the result does
+  not depend on how the samples were split. FID needs nothing more.
+- :class:`FeatureBank` keeps the feature rows themselves with their global sample indices and
+  gathers them into global order (KID, CMMD and other sample-based metrics).
+- :class:`Statistics` is the merged result for one set and one extractor: mean, covariance, the
+  sample count (``None`` when unknown, e.g. a pytorch-fid file), the kept features if any, and
+  metadata. It is what reference files, the cache and every metric function exchange.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,25 +24,91 @@ import numpy as np
 import torch
 
 from lightning_fid._validation import ArrayLike, as_tensor, check_finite
-from lightning_fid.distributed import all_reduce_packed
+from lightning_fid.distributed import Group, all_reduce_packed, default_index, gather_in_order
+from lightning_fid.files import atomic_write
+
+
+def _float64(x: ArrayLike | None) -> torch.Tensor | None:
+    if x is None:
+        return None
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float64)
 
 
 @dataclass
 class Statistics:
-    """Mean and covariance of a feature set, as stored in pytorch-fid / EDM / lightning_fid .npz files."""
+    """One sample set's statistics for one extractor, identical on every rank once merged.
 
-    mu: np.ndarray
-    sigma: np.ndarray
-    n: int | None = None  # unknown for files written by other tools
+    ``mu`` / ``sigma`` are float64 tensors (FID), ``features`` the kept rows in global sample order
+    (KID, CMMD), ``n`` the sample count or ``None`` when a file does not record it. ``prepared``
+    holds reference-side work a metric caches once per run (e.g. FID's factor of ``sigma``).
+    """
+
+    mu: torch.Tensor | None = None
+    sigma: torch.Tensor | None = None
+    n: int | None = None
+    features: torch.Tensor | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    prepared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.mu = _float64(self.mu)
+        self.sigma = _float64(self.sigma)
+        if self.features is not None and not isinstance(self.features, torch.Tensor):
+            self.features = torch.from_numpy(np.asarray(self.features))
+        if self.n is not None:
+            self.n = int(self.n)
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension."""
+        if self.mu is not None:
+            return int(self.mu.shape[0])
+        if self.features is not None:
+            return int(self.features.shape[1])
+        raise ValueError("empty statistics: neither moments nor features")
+
+    @property
+    def has_moments(self) -> bool:
+        """True when mean and covariance are present (FID can use them)."""
+        return self.mu is not None and self.sigma is not None
+
+    def to(self, device: torch.device | str) -> Statistics:
+        """A copy with every tensor on ``device`` (``prepared`` work is dropped: recompute there)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Statistics(move(self.mu), move(self.sigma), self.n, move(self.features), dict(self.metadata))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """numpy arrays for an .npz: ``mu``, ``sigma`` (if present), ``n`` (if known), ``features`` (if kept)."""
+        out: dict[str, np.ndarray] = {}
+        if self.has_moments:
+            out.update(mu=self.mu.cpu().numpy(), sigma=self.sigma.cpu().numpy())
+        if self.n is not None:
+            out["n"] = np.asarray(self.n, dtype=np.int64)
+        if self.features is not None:
+            out["features"] = self.features.cpu().numpy()
+        out["metadata"] = np.asarray(json.dumps(self.metadata, sort_keys=True, default=str))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], source: str = "statistics") -> Statistics:
+        """Inverse of :meth:`to_arrays`; ``source`` names the file in errors."""
+        n = int(arrays["n"]) if "n" in arrays else None
+        metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
+        stats = cls(arrays.get("mu"), arrays.get("sigma"), n, arrays.get("features"), metadata)
+        if stats.has_moments and (stats.mu.ndim != 1 or stats.sigma.shape != (stats.dim, stats.dim)):
+            raise ValueError(
+                f"{source}: mu has shape {tuple(stats.mu.shape)} and sigma {tuple(stats.sigma.shape)}; "
+                "expected (d,) and (d, d)"
+            )
+        return stats
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``mu``, ``sigma``, ``n`` and JSON metadata atomically (readable by pytorch-fid)."""
-        arrays = {"mu": self.mu, "sigma": self.sigma}
-        if self.n is not None:
-            arrays["n"] = np.asarray(self.n, dtype=np.int64)
-        arrays["metadata"] = np.asarray(json.dumps(self.metadata, sort_keys=True))
-        _atomic_savez(Path(path), arrays)
+        """Write ``mu``, ``sigma``, ``n`` and JSON metadata atomically (readable by pytorch-fid and EDM)."""
+        if not self.has_moments:
+            raise ValueError("only statistics with a mean and covariance can be saved as a statistics file")
+        arrays = {k: v for k, v in self.to_arrays().items() if k != "features"}
+        with atomic_write(path, suffix=".npz") as tmp:
+            np.savez(tmp, **arrays)
 
 
 def load_statistics(path: str | os.PathLike) -> Statistics:
@@ -51,25 +123,8 @@ def load_statistics(path: str | os.PathLike) -> Statistics:
         raise ValueError(f"cannot read statistics file {path}: {exc}") from exc
     if "mu" not in arrays or "sigma" not in arrays:
         raise ValueError(f"{path} holds {sorted(arrays)}, but a statistics file needs 'mu' and 'sigma'")
-    mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
-    n = int(arrays["n"]) if "n" in arrays else None
-    metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-        raise ValueError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}; expected (d,) and (d, d)")
-    return Statistics(mu=mu, sigma=sigma, n=n, metadata=metadata)
-
-
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz through a temporary file and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    arrays.pop("features", None)  # a statistics file is moments; kept features live in the cache only
+    return Statistics.from_arrays(arrays, source=str(path))
 
 
 class FeatureMoments:
@@ -94,7 +149,9 @@ class FeatureMoments:
 
     def to(self, device: torch.device | str) -> FeatureMoments:
         """Move the accumulators to ``device`` (in place); returns self."""
-        self.n, self.sum, self.outer = self.n.to(device), self.sum.to(device), self.outer.to(device)
+        self.n = self.n.to(device)
+        self.sum = self.sum.to(device)
+        self.outer = self.outer.to(device)
         return self
 
     def update(self, features: ArrayLike) -> FeatureMoments:
@@ -118,7 +175,7 @@ class FeatureMoments:
         self.outer += other.outer.to(self.outer.device)
         return self
 
-    def all_reduce(self, group=None) -> FeatureMoments:
+    def all_reduce(self, group: Group = None) -> FeatureMoments:
         """Sum the statistics of every rank with one all-reduce; no-op without torch.distributed."""
         self.n, self.sum, self.outer = all_reduce_packed([self.n, self.sum, self.outer], group)
         return self
@@ -147,10 +204,8 @@ class FeatureMoments:
         return (cov + cov.T) / 2  # exact symmetry for eigh
 
     def statistics(self, metadata: dict[str, Any] | None = None) -> Statistics:
-        """Mean, covariance and count as numpy arrays."""
-        return Statistics(
-            mu=self.mean.cpu().numpy(), sigma=self.cov.cpu().numpy(), n=self.count, metadata=dict(metadata or {})
-        )
+        """Mean, covariance and count as :class:`Statistics`."""
+        return Statistics(mu=self.mean, sigma=self.cov, n=self.count, metadata=dict(metadata or {}))
 
     def save(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
         """Write ``mu``, ``sigma``, ``n`` and ``metadata`` to an .npz that pytorch-fid and EDM can read."""
@@ -168,15 +223,61 @@ class FeatureMoments:
         """Rebuild the accumulators from mean, covariance and count (exact up to rounding)."""
         if stats.n is None:
             raise ValueError("these statistics carry no sample count 'n', so they cannot be merged further")
-        m = cls(stats.mu.shape[0])
-        mu = torch.from_numpy(stats.mu).to(torch.float64)
+        m = cls(stats.dim)
+        mu = stats.mu.cpu()
         n = float(stats.n)
         m.n.fill_(n)
         m.sum = mu * n
-        m.outer = torch.from_numpy(stats.sigma).to(torch.float64) * (n - 1) + n * torch.outer(mu, mu)
+        m.outer = stats.sigma.cpu() * (n - 1) + n * torch.outer(mu, mu)
         return m
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureMoments:
         """Load a file written by :meth:`save` (must contain ``n``)."""
         return cls.from_statistics(load_statistics(path))
+
+
+class FeatureBank:
+    """Per-rank store of feature rows with global sample indices, gathered in global order.
+
+    KID subsets and the CMMD kernel need the samples themselves (not just moments); the bank keeps
+    the features this rank computed and, on ``gather``, returns all ranks' features sorted by global
+    index, so the result is identical for any number of processes.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.dim = dim
+        self._features: list[torch.Tensor] = []
+        self._index: list[torch.Tensor] = []
+        self._seen = 0
+
+    def __len__(self) -> int:
+        return self._seen
+
+    def add(self, features: torch.Tensor, index: torch.Tensor | None = None) -> None:
+        """Store a (B, D) batch; ``index`` gives each row's global sample number."""
+        if features.ndim != 2 or (self.dim is not None and features.shape[1] != self.dim):
+            raise ValueError(f"features must be (batch, {self.dim or 'dim'}), got shape {tuple(features.shape)}")
+        if index is None:
+            index = default_index(features.shape[0], self._seen, features.device)
+        self._features.append(features.detach())
+        self._index.append(torch.as_tensor(index, dtype=torch.int64, device=features.device).reshape(-1))
+        self._seen += features.shape[0]
+
+    def gather(self, group: Group = None) -> torch.Tensor:
+        """All ranks' features in global order (a collective: every rank must call it)."""
+        if self._features:
+            feats = torch.cat(self._features)
+            index = torch.cat(self._index)
+        elif self.dim is not None:  # a rank may legitimately hold no samples (N < world size)
+            feats = torch.empty(0, self.dim)
+            index = torch.empty(0, dtype=torch.int64)
+        else:
+            raise ValueError("the feature bank is empty and has no dim; create it as FeatureBank(dim)")
+        return gather_in_order(feats, index, group)
+
+    def reset(self) -> None:
+        """Free the stored features."""
+        self._features.clear()
+        self._index.clear()
+        self._seen = 0

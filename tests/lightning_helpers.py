@@ -97,3 +97,20 @@ def trainer_kwargs(tmp_path, **overrides):
     )  # fmt: skip
     kw.update(overrides)
     return kw
+
+
+def make_callback(tmp_path=None, **overrides):
+    """The GenerativeMetrics most tests use: all three metrics on the tiny extractors, 23 samples."""
+    from lightning_fid import GenerativeMetrics
+
+    kw = dict(
+        real=TensorDataset(real_images(37)), sample_fn=sample, metrics=("fid", "kid", "cmmd"),
+        feature_extractor=TinyFeatures(), cmmd_extractor=TinyEmbed(seed=5), num_samples=23, batch_size=5,
+        kid_subsets=4, kid_subset_size=10, progress=False, log_images=4,
+    )  # fmt: skip
+    if tmp_path is not None:
+        kw["cache_dir"] = tmp_path / "cache"
+    else:
+        kw["use_cache"] = False
+    kw.update(overrides)
+    return GenerativeMetrics(**kw)

@@ -1,4 +1,4 @@
-"""GenerativeMetrics in a real Trainer on CPU: exact values, scheduling, monitors, cache, errors."""
+"""GenerativeMetrics in a real Trainer on CPU: exact values, schedule, sources, resume, pickling, errors."""
 
 from __future__ import annotations
 
@@ -7,26 +7,15 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning_helpers import TinyEmbed, TinyFeatures, TinyGAN, loaders, real_images, sample, trainer_kwargs
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning_helpers import TinyEmbed, TinyFeatures, TinyGAN, loaders, make_callback, real_images, trainer_kwargs
 
-from lightning_fid import GenerativeMetrics
 from lightning_fid.extractors.base import Frozen, run_extractor
 from lightning_fid.images import to_uint8
 from lightning_fid.metrics import cmmd, frechet_distance, kid
 from lightning_fid.sampling import noise_generator
 
 ALL = ("fid", "kid", "cmmd")
-
-
-def make_callback(tmp_path, **kw):
-    args = dict(
-        real=torch.utils.data.TensorDataset(real_images(37)), sample_fn=sample, metrics=ALL,
-        feature_extractor=TinyFeatures(), cmmd_extractor=TinyEmbed(seed=5), num_samples=23, batch_size=5,
-        kid_subsets=4, kid_subset_size=10, cache_dir=tmp_path / "cache", progress=False, log_images=4,
-    )  # fmt: skip
-    args.update(kw)
-    return GenerativeMetrics(**args)
 
 
 def expected_values(model, n=23, batch=5, seed=0, real_n=37):
@@ -64,37 +53,6 @@ def test_logged_values_equal_direct_computation(tmp_path):
     assert not any("proj" in k for k in model.state_dict())  # extractors are not in the module's state_dict
 
 
-def _constant_fid_run(tmp_path, every_n_epochs, patience=2):
-    model = TinyGAN(lr=0.0, bn_momentum=0.0)  # the generator never changes: FID never improves after the first
-    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=every_n_epochs)
-    es = EarlyStopping(monitor="fid", mode="min", patience=patience)
-    trainer = pl.Trainer(callbacks=[es, cb], **trainer_kwargs(tmp_path, max_epochs=20))
-    trainer.fit(model, *loaders())
-    return trainer, cb, es
-
-
-@pytest.mark.parametrize("every_n_epochs", [1, 2])
-def test_early_stopping_counts_fid_evaluations_only(tmp_path, every_n_epochs):
-    trainer, cb, es = _constant_fid_run(tmp_path, every_n_epochs, patience=2)
-    evaluated = [h["epoch"] for h in cb.history]
-    assert evaluated == [0, every_n_epochs, 2 * every_n_epochs]  # best, then exactly 2 non-improving
-    assert es.stopped_epoch == 2 * every_n_epochs
-    assert trainer.current_epoch == 2 * every_n_epochs + 1  # stopped right after the third evaluation
-
-
-def test_model_checkpoint_keeps_best_fid(tmp_path):
-    model = TinyGAN(lr=0.2)
-    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=2)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="fid", mode="min", save_top_k=1)
-    trainer = pl.Trainer(callbacks=[ckpt, cb], **trainer_kwargs(tmp_path, max_epochs=6, enable_checkpointing=True))
-    trainer.fit(model, *loaders())
-    fids = {h["epoch"]: h["fid"] for h in cb.history}
-    best_epoch = min(fids, key=fids.get)
-    assert list(fids) == [0, 2, 4]
-    assert float(ckpt.best_model_score) == pytest.approx(fids[best_epoch], rel=1e-6)
-    assert f"epoch={best_epoch}-" in ckpt.best_model_path
-
-
 def test_resume_gives_the_same_later_values(tmp_path):
     train, val = loaders()
     full_cb = make_callback(tmp_path / "a")
@@ -122,42 +80,6 @@ def test_resume_gives_the_same_later_values(tmp_path):
     for before, after in zip(full_cb.history[2:], resumed_cb.history[2:]):
         for key in ALL:
             assert after[key] == pytest.approx(before[key], rel=1e-9), key
-
-
-class _CountingSource:
-    calls = 0
-
-
-def test_real_statistics_cache(tmp_path, monkeypatch):
-    from lightning_fid import callback as callback_mod
-
-    computed = []
-    original = callback_mod.GenerativeMetrics._compute_reference
-
-    def spy(self, *a, **k):
-        computed.append(self.real_key)
-        return original(self, *a, **k)
-
-    monkeypatch.setattr(callback_mod.GenerativeMetrics, "_compute_reference", spy)
-
-    def run(**kw):
-        cb = make_callback(tmp_path, **kw)
-        pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1)).fit(TinyGAN(), *loaders())
-        return cb
-
-    first = run()
-    second = run()
-    assert len(computed) == 1 and second.real_key == first.real_key  # read from disk, no real pass
-    assert second.history[0]["fid"] == pytest.approx(first.history[0]["fid"], rel=1e-12)
-    run(num_real=30)
-    assert len(computed) == 2  # sample count is part of the key
-    run(feature_extractor=TinyFeatures(seed=3))
-    assert len(computed) == 3  # another extractor (weights) is another key
-    for path in (tmp_path / "cache").glob("*.npz"):
-        path.write_bytes(b"truncated")
-    with pytest.warns(UserWarning, match="ignoring unreadable statistics cache"):
-        run()
-    assert len(computed) == 4  # corrupt files are recomputed, never trusted
 
 
 def test_nan_generator_logs_nan_with_warning(tmp_path):
@@ -316,3 +238,29 @@ def test_trainer_validate_without_fit(tmp_path):
     trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path))
     results = trainer.validate(TinyGAN(), loaders()[1], verbose=False)
     assert results[0]["fid"] == pytest.approx(cb.history[0]["fid"], rel=1e-6) and "kid" in results[0]
+
+
+def test_every_n_epochs_follows_lightnings_convention(tmp_path):
+    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=2)
+    pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=5)).fit(TinyGAN(), *loaders())
+    assert [h["epoch"] for h in cb.history] == [1, 3]  # (epoch + 1) % 2 == 0, like check_val_every_n_epoch
+
+
+def test_without_validation_step_evaluates_at_train_epoch_end(tmp_path):
+    class NoValidation(TinyGAN):
+        validation_step = pl.LightningModule.validation_step
+
+    cb = make_callback(tmp_path, metrics=("fid",))
+    pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=2)).fit(NoValidation(), loaders()[0])
+    assert [h["epoch"] for h in cb.history] == [0, 1]
+
+
+def test_callback_pickles_before_and_after_fit(tmp_path):
+    import pickle
+
+    cb = make_callback(tmp_path, sample_fn=None)  # the module's sample_images: no lambda may be stored
+    pickle.dumps(cb)
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(TinyGAN(), *loaders())
+    again = pickle.loads(pickle.dumps(cb))
+    assert again.history == cb.history and again.reference.key == cb.reference.key

@@ -6,10 +6,7 @@ import json
 
 import lightning.pytorch as pl
 import pytest
-import torch
-from lightning_helpers import TinyEmbed, TinyFeatures, TinyGAN, loaders, real_images, sample, trainer_kwargs
-
-from lightning_fid import GenerativeMetrics
+from lightning_helpers import TinyGAN, loaders, make_callback, trainer_kwargs
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -27,11 +24,7 @@ class DumpHistory(pl.Callback):
 
 def _run(tmp_path, devices, strategy):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    cb = GenerativeMetrics(
-        real=torch.utils.data.TensorDataset(real_images(37)), sample_fn=sample, metrics=("fid", "kid", "cmmd"),
-        feature_extractor=TinyFeatures(), cmmd_extractor=TinyEmbed(seed=5), num_samples=23, batch_size=5,
-        kid_subsets=6, kid_subset_size=10, use_cache=False, progress=False, log_images=0,
-    )  # fmt: skip
+    cb = make_callback(kid_subsets=6, log_images=0)
     trainer = pl.Trainer(
         callbacks=[cb, DumpHistory(cb, tmp_path)],
         **trainer_kwargs(tmp_path, max_epochs=2, devices=devices, strategy=strategy),

@@ -8,9 +8,8 @@ import torch
 import torch.distributed as dist
 from dist_utils import run_distributed, uneven_split
 
-from lightning_fid.distributed import FeatureBank
 from lightning_fid.metrics import CMMD, FID, KID, cmmd, kid, kid_full
-from lightning_fid.stats import FeatureMoments
+from lightning_fid.stats import FeatureBank, FeatureMoments
 
 pytestmark = pytest.mark.multiprocess
 

@@ -8,26 +8,15 @@ import struct
 
 import lightning.pytorch as pl
 import pytest
-import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning_helpers import TinyEmbed, TinyFeatures, TinyGAN, loaders, real_images, sample, trainer_kwargs
-
-from lightning_fid import GenerativeMetrics
-
-
-def _callback(**kw):
-    return GenerativeMetrics(
-        real=torch.utils.data.TensorDataset(real_images(37)), sample_fn=sample, metrics=("fid", "kid", "cmmd"),
-        feature_extractor=TinyFeatures(), cmmd_extractor=TinyEmbed(seed=5), num_samples=23, batch_size=5,
-        kid_subsets=4, kid_subset_size=10, use_cache=False, progress=False, log_images=4, **kw,
-    )  # fmt: skip
+from lightning_helpers import TinyGAN, loaders, make_callback, trainer_kwargs
 
 
 def test_tensorboard_receives_scalars_and_images(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(tmp_path, name="tb")
-    cb = _callback()
+    cb = make_callback()
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=2, logger=logger)).fit(TinyGAN(), *loaders())
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0})
     events.Reload()
@@ -43,7 +32,7 @@ def test_tensorboard_receives_scalars_and_images(tmp_path):
 
 def test_csv_receives_scalars_and_png_grid(tmp_path):
     logger = CSVLogger(tmp_path, name="csv")
-    cb = _callback(prefix="val/")
+    cb = make_callback(prefix="val/")
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=2, logger=logger)).fit(TinyGAN(), *loaders())
     with open(f"{logger.log_dir}/metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val/fid")]
@@ -60,7 +49,7 @@ def test_wandb_offline_receives_scalars_and_images(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     logger = WandbLogger(project="lightning-fid-test", save_dir=str(tmp_path), offline=True)
-    cb = _callback()
+    cb = make_callback()
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=2, logger=logger)).fit(TinyGAN(), *loaders())
     import wandb
 

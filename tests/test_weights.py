@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from dist_utils import run_distributed
+from http_helpers import CLOSED_PORT_PROXY, FileServer
 from weights_factory import write_random_inception
 
 from lightning_fid import cli
@@ -17,9 +17,9 @@ from lightning_fid.extractors import InceptionV3, WeightsError, WeightsSpec, res
 from lightning_fid.extractors import weights as weights_mod
 
 
-def _spec_for(path: Path, name: str = "inception") -> WeightsSpec:
+def _spec_for(path: Path, name: str = "inception", url: str = "http://127.0.0.1:9/w.pth") -> WeightsSpec:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return WeightsSpec(name=name, url="https://example.invalid/w.pth", filename="w.pth", sha256=digest)
+    return WeightsSpec(name=name, url=url, filename="w.pth", sha256=digest)
 
 
 @pytest.fixture
@@ -30,24 +30,22 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def no_network(monkeypatch):
-    def refuse(url, dest, timeout=None):
-        raise OSError("network is unreachable (blocked by the test)")
-
-    monkeypatch.setattr(weights_mod, "_fetch", refuse)
+    """Every download goes through a proxy that refuses connections: the real offline code path."""
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, CLOSED_PORT_PROXY)
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture
-def served(monkeypatch, tmp_path):
-    """A fake server: _fetch copies a local file instead of using the network."""
-    source = write_random_inception(tmp_path / "served.pth", seed=3)
-    calls = []
-
-    def fetch(url, dest, timeout=None):
-        calls.append(url)
-        shutil.copyfile(source, dest)
-
-    monkeypatch.setattr(weights_mod, "_fetch", fetch)
-    return source, calls
+def served(tmp_path, no_network, monkeypatch):
+    """A loopback HTTP server holding random weights in the published format (direct, no proxy)."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    source = write_random_inception(folder / "w.pth", seed=3)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    with FileServer(folder) as server:
+        yield source, server
 
 
 def test_cache_dir_defaults_under_torch_home(monkeypatch, tmp_path):
@@ -56,22 +54,23 @@ def test_cache_dir_defaults_under_torch_home(monkeypatch, tmp_path):
     assert weights_mod.cache_dir() == tmp_path / "th" / "lightning_fid"
 
 
-def test_download_verifies_and_caches_then_works_offline(home, served, monkeypatch):
-    source, calls = served
-    spec = _spec_for(source)
+def test_download_verifies_and_caches_then_works_offline(home, served):
+    source, server = served
+    spec = _spec_for(source, url=server.url("w.pth"))
     path = resolve_weights(spec)
     assert path == home / "w.pth" and path.read_bytes() == source.read_bytes()
-    assert calls == [spec.url]
-    monkeypatch.setattr(weights_mod, "_fetch", lambda *a, **k: pytest.fail("network used although cached"))
-    assert resolve_weights(spec) == path  # cached file used, network blocked
+    assert server.requests == ["/w.pth"]
+    server.server.shutdown()  # offline from now on
+    assert resolve_weights(spec) == path  # the cached file is used
+    assert server.requests == ["/w.pth"]
 
 
 def test_download_with_wrong_hash_is_discarded(home, served):
-    source, _ = served
-    spec = WeightsSpec("inception", "https://example.invalid/w.pth", "w.pth", "0" * 64)
+    _, server = served
+    spec = WeightsSpec("inception", server.url("w.pth"), "w.pth", "0" * 64)
     with pytest.raises(WeightsError, match="SHA-256 is .* not the published 000"):
         resolve_weights(spec)
-    assert not (home / "w.pth").exists() and not list(home.glob("*.part"))
+    assert not (home / "w.pth").exists() and not list(home.iterdir())  # no partial file left behind
 
 
 def test_cached_file_with_wrong_hash_is_refused(home, no_network, tmp_path):
@@ -104,13 +103,13 @@ def test_explicit_path_is_used_and_unreadable_one_is_named(tmp_path, home, no_ne
 
 
 def test_cli_download(home, served, monkeypatch, capsys, tmp_path):
-    source, calls = served
-    monkeypatch.setitem(weights_mod.PUBLISHED, "inception", _spec_for(source))
+    source, server = served
+    monkeypatch.setitem(weights_mod.PUBLISHED, "inception", _spec_for(source, url=server.url("w.pth")))
     target = tmp_path / "fetched"
     assert cli.main(["download", "inception", "--dir", str(target)]) == 0
     assert (target / "w.pth").is_file() and "downloaded and verified" in capsys.readouterr().out
     assert cli.main(["download", "inception", "--dir", str(target)]) == 0
-    assert "already present" in capsys.readouterr().out and len(calls) == 1
+    assert "already present" in capsys.readouterr().out and server.requests == ["/w.pth"]
 
 
 def test_cli_download_offline_fails_with_message(home, no_network, capsys):
@@ -119,34 +118,23 @@ def test_cli_download_offline_fails_with_message(home, no_network, capsys):
     assert "ViT-L-14-336px.pt" in err and "openaipublic" in err
 
 
-def _ddp_download_worker(rank, world, home, source):
+def _ddp_download_worker(rank, world, home, url, sha):
     import os
-    import shutil
 
     from lightning_fid.extractors import weights as wm
 
     os.environ["LIGHTNING_FID_HOME"] = home
-    fetched = []
-
-    def fetch(url, dest, timeout=None):
-        fetched.append(rank)
-        shutil.copyfile(source, dest)
-
-    wm._fetch = fetch
-    spec = wm.WeightsSpec("inception", "https://example.invalid/w.pth", "w.pth", _sha(source))
-    path = wm.resolve_weights(spec)
-    return {"path": str(path), "fetched": fetched}
-
-
-def _sha(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    os.environ["no_proxy"] = "127.0.0.1"
+    path = wm.resolve_weights(wm.WeightsSpec("inception", url, "w.pth", sha))
+    return {"path": str(path)}
 
 
 @pytest.mark.multiprocess
-def test_only_rank_zero_downloads(tmp_path):
-    source = write_random_inception(tmp_path / "src.pth")
+def test_only_rank_zero_downloads(tmp_path, served):
+    source, server = served
     home = tmp_path / "ddp_home"
-    results = run_distributed(_ddp_download_worker, 3, tmp_path, str(home), str(source))
-    assert [r["fetched"] for r in results] == [[0], [], []]
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    results = run_distributed(_ddp_download_worker, 3, tmp_path, str(home), server.url("w.pth"), sha)
+    assert server.requests == ["/w.pth"]  # one download for three ranks
     assert {r["path"] for r in results} == {str(home / "w.pth")}
     assert torch.load(home / "w.pth", weights_only=True).keys() == torch.load(source, weights_only=True).keys()

@@ -8,21 +8,17 @@ OpenAI-style TorchScript archive for CLIP.
 from __future__ import annotations
 
 from pathlib import Path
-from unittest import mock
 
 import torch
-import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
 from torch import nn
 from torch_fidelity.feature_extractor_clip import LayerNorm, Transformer, VisionTransformer
+
+from lightning_fid.extractors.inception import TorchFidelityInception
 
 
 def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """torch-fidelity's Inception-v3 keys and shapes, with seeded random values."""
-    with (
-        mock.patch.object(tf_inception, "load_state_dict_from_url", lambda *a, **k: {}),
-        mock.patch.object(tf_inception.FeatureExtractorInceptionV3, "load_state_dict", lambda *a, **k: None),
-    ):
-        template = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    template = TorchFidelityInception(None)
     g = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in template.state_dict().items():

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import os
-from unittest import mock
+from collections.abc import Sequence
 
 import torch
-import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+from torch import nn
+from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+from torch_fidelity.feature_extractor_inceptionv3 import (
+    BasicConv2d,
+    FeatureExtractorInceptionV3,
+    InceptionA,
+    InceptionB,
+    InceptionC,
+    InceptionD,
+    InceptionE_1,
+    InceptionE_2,
+)
 
 from lightning_fid.extractors.base import AlwaysEval
 from lightning_fid.extractors.weights import INCEPTION_WEIGHTS, WeightsError, resolve_verified
@@ -21,6 +32,45 @@ def load_state_dict_file(path: os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise WeightsError(f"{path} does not hold a state dict (got {type(state).__name__})")
     return state
+
+
+class TorchFidelityInception(FeatureExtractorInceptionV3):
+    """torch-fidelity's TF-ported Inception-v3 (its layers and its ``forward``), built from a state dict.
+
+    torch-fidelity's constructor loads the weights itself: from the network, or from an explicit path
+    with ``torch.load(weights_only=False)``, which would run a pickle payload hidden in the file. We
+    extend the class rather than patch its loader: this constructor builds the same layers as
+    torch-fidelity's (0.3 / 0.4) and loads a state dict the caller read safely. ``state_dict=None``
+    leaves the layers at their initial values (for writing weights in the published format).
+    """
+
+    def __init__(self, state_dict: dict[str, torch.Tensor] | None, features: Sequence[str] = ("2048",)) -> None:
+        FeatureExtractorBase.__init__(self, "inception-v3-compat", list(features))
+        self.feature_extractor_internal_dtype = torch.float32
+        self.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+        self.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+        self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+        self.MaxPool_1 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+        self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+        self.MaxPool_2 = nn.MaxPool2d(kernel_size=3, stride=2)
+        self.Mixed_5b = InceptionA(192, pool_features=32)
+        self.Mixed_5c = InceptionA(256, pool_features=64)
+        self.Mixed_5d = InceptionA(288, pool_features=64)
+        self.Mixed_6a = InceptionB(288)
+        self.Mixed_6b = InceptionC(768, channels_7x7=128)
+        self.Mixed_6c = InceptionC(768, channels_7x7=160)
+        self.Mixed_6d = InceptionC(768, channels_7x7=160)
+        self.Mixed_6e = InceptionC(768, channels_7x7=192)
+        self.Mixed_7a = InceptionD(768)
+        self.Mixed_7b = InceptionE_1(1280)
+        self.Mixed_7c = InceptionE_2(2048)
+        self.AvgPool = nn.AdaptiveAvgPool2d(output_size=(1, 1))
+        self.fc = nn.Linear(2048, 1008)
+        if state_dict is not None:
+            self.load_state_dict(state_dict)
+        self.requires_grad_(False)
+        self.eval()
 
 
 class InceptionV3(AlwaysEval):
@@ -39,14 +89,10 @@ class InceptionV3(AlwaysEval):
         super().__init__()
         path, self.weights_sha256 = resolve_verified(INCEPTION_WEIGHTS, weights_path)
         state = load_state_dict_file(path)
-        # torch-fidelity's constructor fetches its state dict through this module-level loader (and
-        # reads explicit paths with weights_only=False); hand it the dict we loaded safely instead.
-        with mock.patch.object(tf_inception, "load_state_dict_from_url", lambda *a, **k: state):
-            try:
-                self.net = tf_inception.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-            except RuntimeError as exc:  # wrong keys or shapes
-                raise WeightsError(f"{path} is not an Inception-v3 FID state dict: {exc}") from exc
-        self.net.eval().requires_grad_(False)
+        try:
+            self.net = TorchFidelityInception(state)
+        except RuntimeError as exc:  # wrong keys or shapes
+            raise WeightsError(f"{path} is not an Inception-v3 FID state dict: {exc}") from exc
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (N, 3, H, W) -> float32 (N, 2048)."""

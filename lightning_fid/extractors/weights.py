@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from lightning_fid.distributed import is_distributed
+from lightning_fid.distributed import broadcast_error, is_distributed, rank_and_world
+from lightning_fid.files import atomic_write
 
 DOWNLOAD_TIMEOUT_S = 15
 
@@ -95,11 +93,7 @@ def download(spec: WeightsSpec, directory: Path | None = None) -> Path:
     """Download ``spec`` into ``directory`` (default: the cache), verify its SHA-256, return the path."""
     directory = Path(directory) if directory is not None else cache_dir()
     dest = directory / spec.filename
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=spec.filename, suffix=".part", dir=directory)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_write(dest, suffix=".part") as tmp:
         try:
             _fetch(spec.url, tmp)
         except Exception as exc:  # offline, DNS, HTTP errors, timeouts
@@ -110,9 +104,6 @@ def download(spec: WeightsSpec, directory: Path | None = None) -> Path:
                 f"downloaded {spec.url} but its SHA-256 is {got}, not the published {spec.sha256}; "
                 "the file was discarded. Retry, or fetch it by hand and pass weights_path=."
             )
-        shutil.move(str(tmp), dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -169,15 +160,15 @@ def resolve_verified(spec: WeightsSpec, weights_path: str | os.PathLike | None =
     if not is_distributed():
         return _resolve_local(spec, allow_download=True), spec.sha256
     # Rank 0 downloads if needed; the others wait and learn of its failure instead of hanging.
-    error = [None]
-    if dist.get_rank() == 0:
+    error = None
+    if rank_and_world()[0] == 0:
         try:
             _resolve_local(spec, allow_download=True)
         except Exception as exc:  # re-raised on every rank below
-            error[0] = f"{type(exc).__name__}: {exc}"
-    dist.broadcast_object_list(error, src=0)
-    if error[0] is not None:
-        raise WeightsError(f"rank 0 could not provide the {spec.name} weights: {error[0]}")
+            error = f"{type(exc).__name__}: {exc}"
+    error = broadcast_error(error)
+    if error is not None:
+        raise WeightsError(f"rank 0 could not provide the {spec.name} weights: {error}")
     return _resolve_local(spec, allow_download=False), spec.sha256
 
 

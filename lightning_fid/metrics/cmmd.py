@@ -9,6 +9,7 @@ in [e^-0.02, 1] for unit-norm embeddings, so the result is a small difference of
 from __future__ import annotations
 
 from lightning_fid._validation import ArrayLike, as_features, check_same_dim
+from lightning_fid.distributed import Group
 from lightning_fid.metrics.kernels import gaussian_kernel, pair_sums
 
 
@@ -20,7 +21,7 @@ def cmmd(
     *,
     block_size: int = 2048,
     distributed: bool = False,
-    group=None,
+    group: Group = None,
 ) -> float:
     """scale * (mean k(x,x') + mean k(y,y') - 2 mean k(x,y)) on embeddings as given (not re-normalised)."""
     a = as_features(x, "x", min_samples=1)

@@ -19,8 +19,6 @@ from scipy.linalg.blas import dtrmm
 
 from lightning_fid._validation import ArrayLike, as_tensor, check_finite
 
-_warned_rank_deficient = False
-
 
 def _statistic(x: ArrayLike, name: str, ndim: int, device: torch.device | None) -> torch.Tensor:
     t = as_tensor(x, name)
@@ -100,12 +98,14 @@ def frechet_distance(
 
 
 def warn_if_rank_deficient(n: int, dim: int, what: str = "features") -> None:
-    """Warn (once per process) that fewer samples than dimensions give a singular covariance."""
-    global _warned_rank_deficient
-    if n < dim and not _warned_rank_deficient:
-        _warned_rank_deficient = True
+    """Warn that fewer samples than dimensions give a singular covariance.
+
+    Python's default warning filter shows a given message once per calling location, so an
+    evaluation repeated every epoch warns once, not every epoch.
+    """
+    if n < dim:
         warnings.warn(
             f"FID from {n} {what} in {dim} dimensions: the covariance is singular (n < d), so the value is "
             f"finite but strongly biased. Use at least {dim} samples for numbers comparable with papers.",
-            stacklevel=3,
+            stacklevel=2,
         )

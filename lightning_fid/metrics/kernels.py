@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_fid.distributed import all_reduce_packed, rank_and_world
+from lightning_fid.distributed import Group, all_reduce_packed, rank_and_world
 
 # kernel(gram, x_sq, y_sq, dim, xp, same) -> (float64 sum of the kernel block, and of its diagonal if
 # same else 0); it may overwrite gram, which is in the features' precision. xp is numpy or torch.
@@ -83,7 +83,7 @@ def pair_sums(
     kernel: Kernel,
     block_size: int = 2048,
     distributed: bool = False,
-    group=None,
+    group: Group = None,
 ) -> list[tuple[float, float]]:
     """For each (x, y, symmetric) return (sum of all kernel values, sum of the diagonal's values).
 

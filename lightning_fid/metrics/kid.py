@@ -11,11 +11,11 @@ import warnings
 import torch
 
 from lightning_fid._validation import ArrayLike, as_features, check_same_dim
-from lightning_fid.distributed import all_reduce_packed, rank_and_world
+from lightning_fid.distributed import Group, all_reduce_packed, rank_and_world
 from lightning_fid.metrics.kernels import pair_sums, polynomial_kernel
 
 
-def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, block_size: int, distributed: bool, group=None) -> float:
+def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, block_size: int, distributed: bool, group: Group = None) -> float:
     """(sum_{i!=j} k(x_i,x_j))/(m(m-1)) + (same for y) - 2 sum_{i,j} k(x_i,y_j)/(m n)."""
     (xx, xx_diag), (yy, yy_diag), (xy, _) = pair_sums(
         [(x, x, True), (y, y, True), (x, y, False)], polynomial_kernel, block_size, distributed, group
@@ -53,7 +53,7 @@ def kid(
     seed: int = 0,
     *,
     distributed: bool = False,
-    group=None,
+    group: Group = None,
 ) -> tuple[float, float]:
     """KID mean and population std over ``num_subsets`` seeded subsets of ``subset_size`` samples.
 
@@ -95,7 +95,7 @@ def kid_full(
     block_size: int = 2048,
     *,
     distributed: bool = False,
-    group=None,
+    group: Group = None,
 ) -> float:
     """Exact unbiased MMD^2 (cubic kernel) over all samples, in blocks; sets may differ in size."""
     x = as_features(real_features, "real_features")

@@ -155,7 +155,9 @@ class KID(_FeatureSetMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(feature_extractor, **kwargs)
-        self.num_subsets, self.subset_size, self.seed = num_subsets, subset_size, seed
+        self.num_subsets = num_subsets
+        self.subset_size = subset_size
+        self.seed = seed
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         mean, std = kid(
@@ -176,7 +178,8 @@ class CMMD(_FeatureSetMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(feature_extractor, **kwargs)
-        self.sigma, self.scale = sigma, scale
+        self.sigma = sigma
+        self.scale = scale
 
     def compute(self) -> torch.Tensor:
         value = cmmd(

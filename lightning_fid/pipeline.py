@@ -1,0 +1,214 @@
+"""One sample set through the data walk, free of Lightning: sample -> quantise -> extract -> accumulate
+-> merge. The metric step reads the table in :mod:`lightning_fid.registry`; the callback and the CLI
+are thin layers over this module.
+
+Every extractor runs once per image (a *slot*), and its features feed every metric that uses that
+slot: float64 moments for Fréchet distances, kept rows (with global sample indices) for kernel and
+sample-based metrics. Merging is one packed all-reduce for all moments plus one ordered gather per
+kept set, so the result is identical for any number of processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lightning_fid.distributed import Group, all_reduce_packed, any_rank, rank_and_world
+from lightning_fid.extractors.base import ExtractorInfo, Frozen, describe, run_extractor
+from lightning_fid.image_logging import image_grid
+from lightning_fid.images import InputRange, to_uint8
+from lightning_fid.real import RealOptions, RealSource
+from lightning_fid.registry import SLOTS, slot_needs
+from lightning_fid.sampling import SampleFn, generate, plan
+from lightning_fid.stats import FeatureBank, FeatureMoments, Statistics
+
+
+@dataclass
+class Slot:
+    """One extractor and what its features feed: moments (FID) and/or kept features (KID, CMMD)."""
+
+    name: str  # a key of registry.SLOTS
+    module: nn.Module
+    info: ExtractorInfo
+    moments: bool
+    keep_features: bool
+
+
+def make_slot(name: str, module: nn.Module, moments: bool, keep_features: bool) -> Slot:
+    """Wrap ``module`` frozen and read its self-description (one probe pass if it declares no dim)."""
+    frozen = module if isinstance(module, Frozen) else Frozen(module)
+    return Slot(name, frozen, describe(frozen), moments, keep_features)
+
+
+def build_slots(
+    metrics: Iterable[str],
+    extractors: Mapping[str, nn.Module | None] | None = None,
+    weights: Mapping[str, Any] | None = None,
+) -> list[Slot]:
+    """The slots the metrics need (from the metric table), one per distinct extractor.
+
+    ``extractors`` maps a slot name to a user module (None: the slot's standard network, built from
+    ``weights[slot]`` or the verified cache). Building the standard network resolves its weights,
+    so a missing file fails here, before any work.
+    """
+    extractors = extractors or {}
+    weights = weights or {}
+    slots = []
+    for name, (moments, keep) in slot_needs(metrics).items():
+        module = extractors.get(name)
+        if module is None:
+            module = SLOTS[name].default(weights.get(name))
+        slots.append(make_slot(name, module, moments, keep))
+    return slots
+
+
+def extract(slot: Slot, images_uint8: torch.Tensor) -> torch.Tensor:
+    """(N, D) features of uint8 images from the slot's extractor, checked against its declared D."""
+    feats = run_extractor(slot.module, images_uint8, slot.info.input_range)
+    if feats.shape[1] != slot.info.feature_dim:
+        raise ValueError(
+            f"extractor {slot.info.name} returned {feats.shape[1]} features, declared {slot.info.feature_dim}"
+        )
+    return feats
+
+
+@dataclass
+class Accumulator:
+    """Per-rank accumulation of one sample set over all slots."""
+
+    slots: list[Slot]
+    device: torch.device
+    moments: dict[str, FeatureMoments] = field(default_factory=dict)
+    banks: dict[str, FeatureBank] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for slot in self.slots:
+            if slot.moments:
+                self.moments[slot.name] = FeatureMoments(slot.info.feature_dim, device=self.device)
+            if slot.keep_features:
+                self.banks[slot.name] = FeatureBank(slot.info.feature_dim)
+
+    def add(self, images_uint8: torch.Tensor, index: torch.Tensor) -> None:
+        """Extract features once per slot and record them under their global sample indices."""
+        for slot in self.slots:
+            feats = extract(slot, images_uint8)
+            if slot.moments:
+                self.moments[slot.name].update(feats)
+            if slot.keep_features:
+                self.banks[slot.name].add(feats.to(torch.float32), index.to(feats.device))
+
+    def discard(self) -> None:
+        """Free what was accumulated (an evaluation that will not be scored)."""
+        for bank in self.banks.values():
+            bank.reset()
+
+    def finish(self, group: Group = None) -> dict[str, Statistics]:
+        """Merge across ranks (one all-reduce for all moments, one gather per kept set)."""
+        names = list(self.moments)
+        flat = [t for n in names for t in (self.moments[n].n, self.moments[n].sum, self.moments[n].outer)]
+        reduced = all_reduce_packed(flat, group) if flat else []
+        out: dict[str, Statistics] = {
+            slot.name: Statistics(metadata={"extractor": slot.info.name}) for slot in self.slots
+        }
+        for i, name in enumerate(names):
+            m = FeatureMoments.from_tensors(*reduced[3 * i : 3 * i + 3])
+            out[name].n = m.count
+            if m.count >= 2:
+                out[name].mu, out[name].sigma = m.mean, m.cov
+        for name, bank in self.banks.items():
+            out[name].features = bank.gather(group)
+            out[name].n = out[name].features.shape[0]
+            bank.reset()  # free per-rank copies now
+        return out
+
+
+def extract_real(
+    source: RealSource,
+    num: int,
+    slots: list[Slot],
+    options: RealOptions,
+    device: torch.device,
+    progress: bool = False,
+    desc: str = "lightning_fid: real statistics",
+) -> dict[str, Statistics]:
+    """Statistics of the first ``num`` images of ``source``, shared over ranks (a collective call)."""
+    rank, world = rank_and_world()
+    acc = Accumulator(slots, device)
+    n_batches = len(range(rank * options.batch_size, num, world * options.batch_size))
+    with tqdm(total=n_batches, desc=desc, disable=not (progress and rank == 0), leave=False) as bar:
+        for index, images in source.batches(num, options.batch_size, rank, world, options.image_key, options.transform):
+            declared = "uint8" if images.dtype == torch.uint8 else options.input_range
+            acc.add(to_uint8(images, declared, strict=True).to(device), index)
+            bar.update(1)
+    return acc.finish()
+
+
+@dataclass
+class GeneratedSet:
+    """One evaluation's generated side: merged statistics (None if any image was not finite) and the
+    grid of the first samples (rank 0 only, None when not asked for)."""
+
+    stats: dict[str, Statistics] | None
+    grid: torch.Tensor | None
+
+
+def sample_and_extract(
+    sample_fn: SampleFn,
+    module: nn.Module,
+    slots: list[Slot],
+    *,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    input_range: InputRange,
+    device: torch.device,
+    grid_size: int = 0,
+    progress: bool = False,
+) -> GeneratedSet:
+    """Sample ``num_samples`` fixed-noise images over all ranks and merge their statistics (collective).
+
+    Non-finite images make the whole set invalid on every rank (agreed with one all-reduce), so
+    the caller logs NaN instead of a number computed from part of the samples.
+    """
+    rank, world = rank_and_world()
+    batches = plan(num_samples, batch_size, rank, world)
+    grid = None
+    bad = False
+    acc = Accumulator(slots, device)
+    bar = tqdm(total=len(batches), desc="lightning_fid: sampling", disable=not (progress and rank == 0), leave=False)
+    for batch, images in generate(sample_fn, module, batches, seed):
+        bar.update(1)
+        if not bool(torch.isfinite(images).all()):
+            bad = True
+            continue
+        u8 = to_uint8(images.detach(), input_range, strict=False)
+        if batch.index == 0 and grid_size:
+            grid = image_grid(u8[:grid_size])
+        acc.add(u8.to(device), batch.sample_index)
+    bar.close()
+    if any_rank(bad, device):
+        acc.discard()
+        return GeneratedSet(None, grid)
+    return GeneratedSet(acc.finish(), grid)
+
+
+def dry_run(
+    sample_fn: SampleFn, module: nn.Module, slots: list[Slot], *, num_samples: int, seed: int,
+    input_range: InputRange, device: torch.device,
+) -> None:  # fmt: skip
+    """Run the whole chain once on a small batch, on this rank only: shapes, ranges, extractors.
+
+    Raises ValueError saying what to change; nothing is accumulated or communicated.
+    """
+    try:
+        (_, images), *_ = list(generate(sample_fn, module, plan(num_samples, num_samples), seed))
+        u8 = to_uint8(images, input_range, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"GenerativeMetrics dry run: {exc}") from exc
+    for slot in slots:
+        extract(slot, u8.to(device))

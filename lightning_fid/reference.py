@@ -1,0 +1,150 @@
+"""Reference statistics: resolve what the user called "real" into per-slot :class:`Statistics`.
+
+One public function, :func:`resolve_reference`, serves the callback and the CLI: a statistics
+.npz is loaded and checked; anything else (image folder, Dataset, DataLoader, a callable returning
+one, or a named source such as the trainer's "train" / "val" loaders) is read once, keyed by
+everything that determines its statistics, and taken from the cache when an identical entry exists.
+All ranks agree on the cache decision before anyone starts the collective real pass.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_fid.cache import StatsCache, cache_key
+from lightning_fid.distributed import any_rank, barrier, rank_and_world
+from lightning_fid.pipeline import Slot, extract_real
+from lightning_fid.real import RealOptions, RealSource, count_available
+from lightning_fid.stats import Statistics, load_statistics
+
+
+@dataclass
+class Reference:
+    """Resolved reference statistics per slot, and the identity they were resolved under."""
+
+    stats: dict[str, Statistics]
+    key: str  # cache key, or "npz:<absolute path>" for a statistics file
+
+
+def is_statistics_file(real: Any) -> bool:
+    """True when ``real`` names a .npz statistics file rather than images."""
+    return isinstance(real, (str, os.PathLike)) and str(real).endswith(".npz")
+
+
+def resolve_reference(
+    real: Any,
+    slots: list[Slot],
+    options: RealOptions,
+    *,
+    device: torch.device | str = "cpu",
+    cache: StatsCache | None = None,
+    named: Mapping[str, Callable[[], Any]] | None = None,
+    progress: bool = False,
+) -> Reference:
+    """Statistics of the real data for every slot (a collective call: every rank must make it).
+
+    Args:
+        real: a .npz statistics file (moments-only slots), an image folder, a Dataset, a DataLoader,
+            a callable returning one of these, or a key of ``named``.
+        slots: the extractor slots to fill (see :func:`lightning_fid.pipeline.build_slots`).
+        options: how real images are read (range, batch size, count, picking them from batches).
+        device: where extraction runs and the statistics live.
+        cache: statistics cache; None reads the data every time.
+        named: named sources, e.g. ``{"train": trainer_train_loader}``, resolved on use.
+        progress: show a progress bar on rank 0.
+    """
+    device = torch.device(device)
+    if is_statistics_file(real):
+        reference = _from_file(Path(real), slots, device)
+    else:
+        reference = _from_data(_resolve_data(real, named), slots, options, device, cache, progress)
+    check_reference(reference.stats, slots)
+    return reference
+
+
+def check_reference(stats: Mapping[str, Statistics], slots: list[Slot]) -> None:
+    """Refuse reference statistics that cannot be scored against these slots."""
+    for slot in slots:
+        s = stats[slot.name]
+        if s.n is not None and s.n < 2:
+            raise ValueError(f"only {s.n} real sample(s): reference statistics need at least 2")
+        if s.dim != slot.info.feature_dim:
+            raise ValueError(
+                f"real statistics have {s.dim} features but {slot.info.name} gives {slot.info.feature_dim}: "
+                "they were computed with another extractor"
+            )
+
+
+def _from_file(path: Path, slots: list[Slot], device: torch.device) -> Reference:
+    if len(slots) != 1 or slots[0].keep_features:
+        raise ValueError(
+            f"{path} holds statistics (mean and covariance) only, which serve Fréchet distances on one "
+            f"extractor; these metrics need real images ({[s.info.name for s in slots]})"
+        )
+    stats = load_statistics(path)
+    return Reference({slots[0].name: stats.to(device)}, key=f"npz:{path.resolve()}")
+
+
+def _resolve_data(real: Any, named: Mapping[str, Callable[[], Any]] | None) -> Any:
+    if isinstance(real, str) and named is not None and real in named:
+        return named[real]()
+    if isinstance(real, str) and real in ("train", "val"):
+        raise ValueError(f"real={real!r} names the trainer's loaders, which only the callback can reach")
+    if callable(real) and not isinstance(real, (Dataset, DataLoader)):
+        return real()
+    return real
+
+
+def _from_data(
+    data: Any, slots: list[Slot], options: RealOptions, device: torch.device, cache: StatsCache | None, progress: bool
+) -> Reference:
+    source = RealSource(data)
+    num = count_available(source, options.num_real, options.image_key, options.transform)
+    key = cache_key(
+        slots=[
+            (s.name, s.info.name, s.info.fingerprint, str(s.info.input_range), s.moments, s.keep_features)
+            for s in slots
+        ],  # fmt: skip
+        real_input_range=str(options.input_range),
+        transform=repr(options.transform),
+        image_key=options.image_key,
+        num_real=num,
+        data=source.fingerprint(num, options.image_key, options.transform),
+    )
+    stats = _load_cached(cache, key, slots, device)
+    # Agree across ranks: a cache file present on one node's disk but not another's must not send
+    # one rank into the collective real pass alone.
+    if any_rank(stats is None, device):
+        stats = extract_real(source, num, slots, options, device, progress=progress)
+        _save_cached(cache, key, stats)
+    return Reference(stats, key)
+
+
+def _load_cached(
+    cache: StatsCache | None, key: str, slots: list[Slot], device: torch.device
+) -> dict[str, Statistics] | None:
+    if cache is None:
+        return None
+    stats = {}
+    for slot in slots:
+        entry = cache.load(f"{key}-{slot.name}")
+        if entry is None:
+            return None
+        stats[slot.name] = entry.to(device)
+    return stats
+
+
+def _save_cached(cache: StatsCache | None, key: str, stats: dict[str, Statistics]) -> None:
+    if cache is None:
+        return
+    if rank_and_world()[0] == 0:
+        for name, entry in stats.items():
+            cache.save(f"{key}-{name}", entry)
+    barrier()

@@ -1,0 +1,143 @@
+"""Monitors on our keys never see a stale value: right schedules work, wrong ones fail before training."""
+
+from __future__ import annotations
+
+import pickle
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning_helpers import TinyGAN, loaders, make_callback, trainer_kwargs
+
+from lightning_fid import FreshEarlyStopping
+from lightning_fid.monitors import Cadence, _Check, is_fresh
+
+
+def _constant_fid_run(tmp_path, stopper, every_n_epochs=1, **trainer_kw):
+    model = TinyGAN(lr=0.0, bn_momentum=0.0)  # the generator never changes: FID never improves after the first
+    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=every_n_epochs)
+    trainer = pl.Trainer(callbacks=[stopper, cb], **trainer_kwargs(tmp_path, max_epochs=20, **trainer_kw))
+    trainer.fit(model, *loaders())
+    return trainer, cb
+
+
+@pytest.mark.parametrize(
+    "every_n_epochs, trainer_kw, stopper",
+    [
+        (1, {}, EarlyStopping),  # default trainer: every validation is an evaluation
+        (1, {"check_val_every_n_epoch": 2}, EarlyStopping),  # Lightning's own option sets the pace
+        (2, {}, FreshEarlyStopping),  # validation every epoch, FID every 2: the opt-in subclass
+    ],
+)
+def test_early_stopping_counts_evaluations(tmp_path, every_n_epochs, trainer_kw, stopper):
+    es = stopper(monitor="fid", mode="min", patience=2)
+    trainer, cb = _constant_fid_run(tmp_path, es, every_n_epochs, **trainer_kw)
+    period = every_n_epochs * trainer_kw.get("check_val_every_n_epoch", 1)
+    evaluated = [h["epoch"] for h in cb.history]
+    assert evaluated == [period - 1, 2 * period - 1, 3 * period - 1]  # best, then exactly 2 non-improving
+    assert es.stopped_epoch == evaluated[-1]
+    assert es.wait_count == 2
+
+
+def test_stale_early_stopping_fails_before_training(tmp_path):
+    es = EarlyStopping(monitor="fid", mode="min", patience=2)
+    with pytest.raises(
+        ValueError, match=r"EarlyStopping\(monitor='fid'\).*check_val_every_n_epoch=2.*FreshEarlyStopping"
+    ):
+        _constant_fid_run(tmp_path, es, every_n_epochs=2)
+
+
+def test_model_checkpoint_on_matching_epochs_keeps_best_fid(tmp_path):
+    model = TinyGAN(lr=0.2)
+    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="fid", mode="min", save_top_k=2, every_n_epochs=2)
+    trainer = pl.Trainer(callbacks=[ckpt, cb], **trainer_kwargs(tmp_path, max_epochs=6, enable_checkpointing=True))
+    trainer.fit(model, *loaders())
+    fids = {h["epoch"]: h["fid"] for h in cb.history}
+    assert list(fids) == [1, 3, 5]
+    ranked = sorted(fids, key=fids.get)[:2]
+    assert float(ckpt.best_model_score) == pytest.approx(fids[ranked[0]], rel=1e-6)
+    assert sorted(p.split("epoch=")[1].split("-")[0] for p in ckpt.best_k_models) == sorted(map(str, ranked))
+
+
+@pytest.mark.parametrize(
+    "ckpt_kw, match",
+    [
+        ({}, r"ModelCheckpoint\(every_n_epochs=2\)"),  # default: ranks every epoch
+        ({"every_n_epochs": 3}, r"ModelCheckpoint\(every_n_epochs=2\)"),
+        ({"every_n_train_steps": 2}, "every_n_train_steps"),
+    ],
+)
+def test_stale_model_checkpoint_fails_before_training(tmp_path, ckpt_kw, match):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="fid", **ckpt_kw)
+    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=2)
+    trainer = pl.Trainer(callbacks=[cb, ckpt], **trainer_kwargs(tmp_path, max_epochs=2, enable_checkpointing=True))
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(TinyGAN(), *loaders())
+    assert trainer.global_step == 0
+
+
+class PlateauGAN(TinyGAN):
+    def __init__(self, frequency, interval="epoch"):
+        super().__init__()
+        self.frequency, self.interval = frequency, interval
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "fid",
+                                                   "interval": self.interval, "frequency": self.frequency}}  # fmt: skip
+
+
+@pytest.mark.parametrize("frequency, interval, ok", [(2, "epoch", True), (4, "epoch", True), (1, "epoch", False),
+                                                     (2, "step", False)])  # fmt: skip
+def test_plateau_scheduler_on_our_key(tmp_path, frequency, interval, ok):
+    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=2)
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=4))
+    if ok:
+        trainer.fit(PlateauGAN(frequency, interval), *loaders())
+        assert len(cb.history) == 2
+    else:
+        with pytest.raises(ValueError, match="LR scheduler monitoring 'fid'"):
+            trainer.fit(PlateauGAN(frequency, interval), *loaders())
+
+
+def test_monitors_on_other_keys_are_left_alone(tmp_path):
+    es = EarlyStopping(monitor="train_loss", check_finite=False, strict=False)
+    cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=2)
+    pl.Trainer(callbacks=[cb, es], **trainer_kwargs(tmp_path, max_epochs=2)).fit(TinyGAN(), *loaders())
+    assert len(cb.history) == 1
+
+
+def test_monitor_and_callback_pickle_after_fit(tmp_path):
+    es = FreshEarlyStopping(monitor="fid", mode="min", patience=5)
+    trainer, cb = _constant_fid_run(tmp_path, es, every_n_epochs=2)
+    for obj in (es, cb):
+        pickle.loads(pickle.dumps(obj))
+    assert not any(name.startswith("_lightning_fid") for name in vars(es))  # nothing patched onto it
+
+
+class _Trainer:  # what is_fresh reads of a trainer
+    def __init__(self, check_val_every_n_epoch):
+        self.check_val_every_n_epoch = check_val_every_n_epoch
+
+
+@pytest.mark.parametrize(
+    "check, cadence, every_val, fresh",
+    [
+        (_Check(1, False), Cadence(1, True), 1, True),  # train-end check each epoch, evaluate each validation
+        (_Check(1, False), Cadence(1, True), 2, False),  # ... but validation only every 2 epochs
+        (_Check(2, False), Cadence(1, True), 2, True),
+        (_Check(6, False), Cadence(3, True), 2, True),  # lcm(3, 2) = 6
+        (_Check(3, False), Cadence(3, True), 2, False),
+        (_Check(2, True), Cadence(2, True), 2, True),  # validation-end checks see every due validation
+        (_Check(1, True), Cadence(2, True), 1, False),
+        (_Check(None, True), Cadence(1, True), None, True),  # step-based validation, evaluate at each
+        (_Check(None, False), Cadence(1, True), 1, False),  # step / time based checks never line up
+        (_Check(1, True), Cadence(3, False), 1, True),  # no validation_step: validation-end never fires
+        (_Check(3, False), Cadence(3, False), 1, True),
+    ],
+)
+def test_freshness_rule(check, cadence, every_val, fresh):
+    assert is_fresh(check, cadence, _Trainer(every_val)) is fresh
