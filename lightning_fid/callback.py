@@ -3,7 +3,8 @@
 The Lightning glue only: hooks, schedule, logging and state. What each metric needs comes from
 :mod:`lightning_fid.registry`; the data walk (sample, quantise, extract, accumulate, merge) is
 :mod:`lightning_fid.pipeline`; reference statistics are :func:`lightning_fid.reference.resolve_reference`;
-monitor safety is :mod:`lightning_fid.monitors`.
+when to evaluate is :mod:`lightning_fid.schedule`, monitor safety :mod:`lightning_fid.monitors`,
+which weights :mod:`lightning_fid.averaging`, RNG and precision hygiene :mod:`lightning_fid.hygiene`.
 """
 
 from __future__ import annotations
@@ -18,29 +19,25 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from typing_extensions import override
 
 from lightning_fid import registry
+from lightning_fid.averaging import WeightsChoice, evaluate_weights, raw_snapshot_needed, resolve_choice
 from lightning_fid.cache import StatsCache
-from lightning_fid.distributed import rank_and_world
+from lightning_fid.evaluator import Evaluator
 from lightning_fid.extractors.weights import cache_dir as default_cache_root
-from lightning_fid.image_logging import log_grid
+from lightning_fid.history import History
 from lightning_fid.images import InputRange
-from lightning_fid.monitors import Cadence, check_monitors
-from lightning_fid.pipeline import Slot, build_slots, dry_run, sample_and_extract
+from lightning_fid.monitors import check_monitors
 from lightning_fid.real import RealOptions
-from lightning_fid.reference import Reference, is_statistics_file, resolve_reference
-from lightning_fid.sampling import SampleFn
-
-SAMPLE_METHOD = "sample_images"  # LightningModule.sample_images(batch_size, generator) -> images
-
-
-def _sample_with_method(module: nn.Module, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    """The sampler used when no ``sample_fn`` is given: the module's own ``sample_images``."""
-    return getattr(module, SAMPLE_METHOD)(batch_size, generator)
+from lightning_fid.reference import Reference
+from lightning_fid.reporting import log_grid, log_values
+from lightning_fid.sampling import SampleFn, make_sampler
+from lightning_fid.schedule import Cadence, check_schedule
 
 
 def _trainer_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, which: str) -> Any:
@@ -62,16 +59,26 @@ class GenerativeMetrics(Callback):
         real: reference data: a DataLoader, a Dataset, a callable returning either, ``"train"`` /
             ``"val"`` (the trainer's loaders), an image folder, or a .npz statistics file (FID only).
         sample_fn: ``sample_fn(module, batch_size, generator) -> images`` (NCHW in ``input_range``);
-            ``generator`` is a seeded CPU ``torch.Generator``. Optional if the LightningModule
-            defines ``sample_images(batch_size, generator)``.
+            ``generator`` is a seeded CPU ``torch.Generator``. It may declare keyword parameters
+            ``index`` (int64 global sample indices of the batch) and ``conditions`` (the batch's
+            slice of ``conditions``). Optional if the LightningModule defines
+            ``sample_images(batch_size, generator[, index=][, conditions=])``.
         metrics: names from the metric table, any of ``("fid", "kid", "cmmd")``.
         feature_extractor: module for FID/KID features (default: :class:`InceptionV3`).
         cmmd_extractor: module for CMMD embeddings (default: :class:`CLIP`).
         num_samples: generated samples per evaluation (fixed noise, so evaluations are comparable).
         batch_size: sampling batch size (also the real-data batch size).
         seed: seed of the fixed noise (and of KID's subsets).
-        every_n_epochs: evaluate at validation epochs where ``(epoch + 1) % every_n_epochs == 0``,
-            Lightning's convention (``check_val_every_n_epoch``, ``ModelCheckpoint(every_n_epochs)``).
+        every_n_epochs: evaluate epochs where ``(epoch + 1) % every_n_epochs == 0`` (Lightning's
+            convention), at their validation or, without one, at their training epoch end (default 1).
+        every_n_steps: instead, evaluate whenever ``trainer.global_step`` reaches a multiple of this.
+        weights: ``"auto"`` (the averaged weights when a ``WeightAveraging`` callback such as
+            ``EMAWeightAveraging`` is present, else the raw ones), ``"raw"``, ``"averaged"``, or
+            ``"both"`` (averaged under the normal keys, raw under ``<key>_raw``).
+        conditions: a sequence (labels tensor, list of prompts, ...) with one entry per generated
+            sample; sample ``i`` always gets ``conditions[i]``, passed to the sampler as ``conditions=``.
+        sample_autocast: run the generator under ``torch.autocast`` with this dtype (e.g.
+            ``torch.bfloat16``) for speed; feature extraction always runs in full precision.
         input_range: range of generated images: ``(-1, 1)``, ``(0, 1)`` or ``"uint8"``.
         real_input_range: range of real images (default: ``input_range``; uint8 tensors always work).
         num_real: number of real samples (default: all), each used once across ranks.
@@ -89,9 +96,10 @@ class GenerativeMetrics(Callback):
         use_cache: False reads the real data at every fit.
         log_images: number of fixed-noise samples shown as a grid each evaluation (0: none).
         final_num_samples: if set, one more evaluation with this many samples at the end of fit,
-            logged as ``final_<metric>``.
+            logged as ``final_<metric>`` (also the sample count of ``trainer.test``).
         progress: show progress bars on rank 0.
-        dry_run_samples: samples drawn before training to check the whole chain (at least 2).
+        dry_run_samples: samples drawn before training to check the whole chain (default: one full
+            batch, so problems that only a full batch shows appear before training).
     """
 
     def __init__(
@@ -104,7 +112,11 @@ class GenerativeMetrics(Callback):
         num_samples: int = 10_000,
         batch_size: int = 250,
         seed: int = 0,
-        every_n_epochs: int = 1,
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = None,
+        weights: WeightsChoice = "auto",
+        conditions: Sequence[Any] | None = None,
+        sample_autocast: torch.dtype | None = None,
         input_range: InputRange = (-1.0, 1.0),
         real_input_range: InputRange | None = None,
         num_real: int | None = None,
@@ -121,68 +133,75 @@ class GenerativeMetrics(Callback):
         log_images: int = 16,
         final_num_samples: int | None = None,
         progress: bool = True,
-        dry_run_samples: int = 4,
+        dry_run_samples: int | None = None,
     ) -> None:
         super().__init__()
-        self.metrics = registry.check_metric_names(metrics)
-        if real is None:
-            raise ValueError("real= is required: reference images (loader, dataset, folder, 'train'/'val') or .npz")
-        self.real = real
-        self.sample_fn = sample_fn
-        self.extractors = {"features": feature_extractor, "cmmd": cmmd_extractor}
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
-        self.every_n_epochs = every_n_epochs
-        self.input_range = input_range
-        self.real_options = RealOptions(
-            input_range=real_input_range if real_input_range is not None else input_range,
-            batch_size=batch_size, num_real=num_real, image_key=image_key, transform=transform,
+        self.evaluator = Evaluator(
+            real=real, metrics=metrics, sample_fn=sample_fn,
+            extractors={"features": feature_extractor, "cmmd": cmmd_extractor}, num_samples=num_samples,
+            batch_size=batch_size, seed=seed, input_range=input_range,
+            real_options=RealOptions(input_range=real_input_range if real_input_range is not None else input_range,
+                                     batch_size=batch_size, num_real=num_real, image_key=image_key, transform=transform),
+            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, cmmd_sigma=cmmd_sigma, cmmd_scale=cmmd_scale,
+            conditions=conditions, sample_autocast=sample_autocast,
+            cache=StatsCache(cache_dir or default_cache_root() / "stats") if use_cache else None,
+            grid_size=log_images, progress=progress, dry_run_samples=dry_run_samples,
         )  # fmt: skip
-        self.kid_subsets = kid_subsets
-        self.kid_subset_size = kid_subset_size
-        self.cmmd_sigma = cmmd_sigma
-        self.cmmd_scale = cmmd_scale
+        default_epochs = 1 if every_n_epochs is None and every_n_steps is None else every_n_epochs
+        self.cadence = Cadence(default_epochs, every_n_steps)
+        self.weights = weights
         self.prefix = prefix
         self.names = dict(names or {})
-        self.cache = StatsCache(cache_dir or default_cache_root() / "stats") if use_cache else None
-        self.log_images = log_images
         self.final_num_samples = final_num_samples
-        self.progress = progress
-        self.dry_run_samples = max(2, dry_run_samples)
-        self._check_arguments()
-        # run state
-        self.slots: list[Slot] = []
-        self.reference: Reference | None = None
-        self.history: list[dict[str, float]] = []
-        self.best: float | None = None
-        self.final_metrics: dict[str, float] = {}
-        self._last_evaluated: tuple[int, int] | None = None
-
-    def _check_arguments(self) -> None:
-        """Fail at construction, naming the argument to change."""
-        for name in ("num_samples", "batch_size", "every_n_epochs"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.num_samples < 2:
-            raise ValueError(f"num_samples={self.num_samples}: metrics need at least 2 generated samples")
-        registry.check_config(self.metrics, self.metric_options, self.num_samples)
-        if self.final_num_samples is not None and self.final_num_samples < self.num_samples:
+        if final_num_samples is not None and final_num_samples < num_samples:
             raise ValueError("final_num_samples should be larger than num_samples (it is the end-of-fit evaluation)")
-        if not 0 <= self.log_images <= self.batch_size:
-            raise ValueError(f"log_images must be between 0 and batch_size={self.batch_size}")
-        if is_statistics_file(self.real) and any(spec.features for spec in registry.specs(self.metrics)):
-            raise ValueError(f"a .npz statistics file only supports FID; {self.metrics} need real images")
         unknown = set(self.names) - set(registry.metric_keys(self.metrics)) - {"eval_seconds"}
         if unknown:
             raise ValueError(f"names= renames {sorted(unknown)}, which these metrics do not log")
+        self.evaluator.check_conditions(max(num_samples, final_num_samples or 0))
+        # run state
+        self._history = History(prefix)
+        self.best: float | None = None
+        self._choices: tuple[str, ...] = ("raw",)
+        self._last_evaluated: tuple[int, int] | None = None
+        self._last_step: int | None = None
+        self._raw_snapshot: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ what the evaluator owns
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric names."""
+        return self.evaluator.metrics
 
     @property
-    def metric_options(self) -> registry.MetricOptions:
-        """The metric parameters, with KID's subsets drawn from the noise seed."""
-        return registry.MetricOptions(self.kid_subsets, self.kid_subset_size, self.seed, self.cmmd_sigma,
-                                      self.cmmd_scale)  # fmt: skip
+    def num_samples(self) -> int:
+        """Generated samples per evaluation."""
+        return self.evaluator.num_samples
+
+    @property
+    def seed(self) -> int:
+        """Seed of the fixed noise (restored from a checkpoint on resume)."""
+        return self.evaluator.seed
+
+    @property
+    def slots(self) -> list:
+        """The extractor slots (after ``setup``)."""
+        return self.evaluator.slots
+
+    @property
+    def reference(self) -> Reference | None:
+        """The resolved reference statistics (after the run's preparation)."""
+        return self.evaluator.reference
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        """The ``final_num_samples`` evaluation at the end of fit, as logged (also after ``ddp_spawn``)."""
+        return self._history.final
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every evaluation's float64 values with ``epoch`` and ``step`` (also after ``ddp_spawn``)."""
+        return self._history.entries
 
     @property
     @override
@@ -195,13 +214,20 @@ class GenerativeMetrics(Callback):
 
     def keys(self) -> list[str]:
         """Logged metric keys (what EarlyStopping / ModelCheckpoint may monitor)."""
-        return [self.key(name) for name in registry.metric_keys(self.metrics)]
+        names = registry.metric_keys(self.metrics)
+        if self.weights == "both":
+            names += [name + "_raw" for name in names]
+        return [self.key(name) for name in names]
 
     # ------------------------------------------------------------------ schedule
     def should_evaluate(self, trainer: pl.Trainer) -> bool:
-        """Whether this epoch is an evaluation epoch (Lightning's ``(epoch + 1) % n == 0``). Override
-        for another schedule; :mod:`lightning_fid.monitors` checks monitors against the default one."""
-        return not trainer.sanity_checking and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        """Whether the current epoch (epoch cadence) or step (step cadence) is due. Override for
+        another schedule; :mod:`lightning_fid.monitors` checks monitors against the default one."""
+        if trainer.sanity_checking:
+            return False
+        if self.cadence.by_steps:
+            return self.cadence.step_due(trainer.global_step, self._last_step)
+        return self.cadence.epoch_due(trainer.current_epoch)
 
     def evaluated_now(self, trainer: pl.Trainer) -> bool:
         """True right after an evaluation, until the trainer moves to another epoch or step."""
@@ -211,15 +237,18 @@ class GenerativeMetrics(Callback):
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Build extractors (resolving weights: fails fast when missing) and check the sampler."""
-        self._sampler(pl_module)
-        if not self.slots:
-            self.slots = build_slots(self.metrics, self.extractors)
+        make_sampler(self.evaluator.sample_fn, pl_module)
+        self.evaluator.build(shared=[slot for peer in self._peers(trainer) for slot in peer.slots])
+        self._choices = resolve_choice(self.weights, trainer)
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._prepare(trainer, pl_module)
-        on_validation = is_overridden("validation_step", pl_module)
-        check_monitors(trainer, set(self.keys()), Cadence(self.every_n_epochs, on_validation))
+        check_monitors(trainer, set(self.keys()), self.cadence)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_schedule(self.cadence, trainer, is_overridden("validation_step", pl_module))
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -227,92 +256,96 @@ class GenerativeMetrics(Callback):
             self._prepare(trainer, pl_module)
 
     @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.reference is None:
+            self._prepare(trainer, pl_module)
+
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if is_overridden("validation_step", pl_module) and self.should_evaluate(trainer):
-            self._evaluate_and_log(trainer, pl_module)
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == TrainerFn.VALIDATING or (not self.cadence.by_steps and self.should_evaluate(trainer)):
+            self._evaluate_and_log(trainer, pl_module, in_validation=True)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.cadence.by_steps and self.should_evaluate(trainer):
+            self._evaluate_and_log(trainer, pl_module, on_step=True)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning runs this before EarlyStopping's and ModelCheckpoint's on_train_epoch_end.
-        if not is_overridden("validation_step", pl_module) and self.should_evaluate(trainer):
+        # Lightning runs this before EarlyStopping's and ModelCheckpoint's on_train_epoch_end. A due
+        # epoch without a validation run is evaluated here.
+        evaluated = self._last_evaluated is not None and self._last_evaluated[0] == trainer.current_epoch
+        if not self.cadence.by_steps and self.should_evaluate(trainer) and not evaluated:
             self._evaluate_and_log(trainer, pl_module)
+        if self.final_num_samples is not None and raw_snapshot_needed(self._choices, trainer, self):
+            self._raw_snapshot = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     @override
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        values, _ = self._evaluate_choices(trainer, pl_module, self.final_num_samples or self.num_samples)
+        log_values(trainer, pl_module, {"test/" + self.key(k): v for k, v in values.items()})
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.final_num_samples is None:
             return
-        values, _ = self.evaluate(pl_module, self.final_num_samples)
-        self.final_metrics = {self.prefix + "final_" + self.names.get(k, k): v for k, v in values.items()}
+        values, _ = self._evaluate_choices(trainer, pl_module, self.final_num_samples, final=True)
+        self._raw_snapshot = None
+        final = {self.prefix + "final_" + self.names.get(k, k): v for k, v in values.items()}
+        self._history.set_final(final, trainer)
         if trainer.is_global_zero:
             for logger in trainer.loggers:
-                logger.log_metrics(self.final_metrics, step=trainer.global_step)
+                logger.log_metrics(final, step=trainer.global_step)
 
     # ------------------------------------------------------------------ preparation and evaluation
-    def _sampler(self, pl_module: nn.Module) -> SampleFn:
-        if self.sample_fn is not None:
-            return self.sample_fn
-        if not callable(getattr(pl_module, SAMPLE_METHOD, None)):
-            raise ValueError(
-                f"pass sample_fn=... or define {type(pl_module).__name__}.{SAMPLE_METHOD}(batch_size, generator) "
-                "returning images"
-            )
-        return _sample_with_method
+    def _peers(self, trainer: pl.Trainer | None) -> list[GenerativeMetrics]:
+        callbacks = trainer.callbacks if trainer is not None else []
+        return [cb for cb in callbacks if isinstance(cb, GenerativeMetrics) and cb is not self]
 
     def _prepare(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Dry run of the whole chain, then reference statistics: everything before training starts."""
-        device = pl_module.device
-        # Lightning may call hooks under inference_mode; cached statistics must stay ordinary tensors.
-        with torch.inference_mode(False), torch.no_grad():
-            for slot in self.slots:
-                slot.module.to(device)
-            dry_run(self._sampler(pl_module), pl_module, self.slots, num_samples=min(self.dry_run_samples, self.num_samples),
-                    seed=self.seed, input_range=self.input_range, device=device)  # fmt: skip
-            named = {which: partial(_trainer_loader, trainer, pl_module, which) for which in ("train", "val")}
-            reference = resolve_reference(self.real, self.slots, self.real_options, device=device, cache=self.cache,
-                                          named=named, progress=self._show_progress())  # fmt: skip
-            registry.prepare_reference(self.metrics, reference.stats, self.metric_options)
-        self.reference = reference
+        """Everything before training: the evaluator's dry run and reference statistics, reusing what
+        other GenerativeMetrics on this trainer already resolved."""
+        named = {which: partial(_trainer_loader, trainer, pl_module, which) for which in ("train", "val")}
+        known = {peer.reference.key: peer.reference for peer in self._peers(trainer) if peer.reference is not None}
+        self.evaluator.prepare(pl_module, named=named, known=known)
 
-    def evaluate(self, pl_module: pl.LightningModule, num_samples: int) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Sample ``num_samples`` fixed-noise images on all ranks and compute the metrics.
+    def evaluate(
+        self, pl_module: nn.Module, num_samples: int | None = None
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Metrics of ``num_samples`` (default ``num_samples``) fixed-noise samples of the module's
+        current weights. A collective call. Works outside ``fit`` too (notebooks, scripts), on a
+        LightningModule or any ``nn.Module`` with ``sample_images`` (or given ``sample_fn``): it
+        prepares extractors and reference statistics on first use. Returns (values, grid on rank 0)."""
+        return self.evaluator.evaluate(pl_module, num_samples)
 
-        A collective call: every rank must call it. Returns (values, image grid on rank 0 or None);
-        values are NaN, with a warning, when the generator produced non-finite images.
-        """
-        with torch.inference_mode(False), torch.no_grad():
-            fake = sample_and_extract(
-                self._sampler(pl_module), pl_module, self.slots, num_samples=num_samples, batch_size=self.batch_size,
-                seed=self.seed, input_range=self.input_range, device=pl_module.device,
-                grid_size=self.log_images if rank_and_world()[0] == 0 else 0, progress=self._show_progress(),
-            )  # fmt: skip
-            if fake.stats is None:
-                rank_zero_warn(
-                    f"epoch {pl_module.current_epoch}: the generator produced NaN/inf images; logging NaN for "
-                    f"{self.metrics}"
-                )
-                return registry.nan_values(self.metrics), fake.grid
-            return registry.compute(self.metrics, self.reference.stats, fake.stats, self.metric_options), fake.grid
+    def _evaluate_choices(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, num_samples: int, in_validation: bool = False,
+        final: bool = False,
+    ) -> tuple[dict[str, float], torch.Tensor | None]:  # fmt: skip
+        snapshot = self._raw_snapshot if final else None
+        return evaluate_weights(lambda: self.evaluate(pl_module, num_samples), self._choices, trainer, pl_module, self,
+                                in_validation, snapshot)  # fmt: skip
 
-    def _evaluate_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _evaluate_and_log(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, in_validation: bool = False, on_step: bool = False
+    ) -> None:
         start = time.perf_counter()
-        values, grid = self.evaluate(pl_module, self.num_samples)
+        values, grid = self._evaluate_choices(trainer, pl_module, self.num_samples, in_validation)
         values["eval_seconds"] = time.perf_counter() - start
-        for name, value in values.items():
-            pl_module.log(self.key(name), float(value), on_step=False, on_epoch=True, sync_dist=False,
-                          rank_zero_only=False, batch_size=1)  # fmt: skip
+        log_values(trainer, pl_module, {self.key(k): v for k, v in values.items()}, on_step=on_step)
         self._last_evaluated = (trainer.current_epoch, trainer.global_step)
+        self._last_step = trainer.global_step
         self._record(trainer, values)
         if grid is not None and trainer.is_global_zero:
             log_grid(trainer, grid, f"{self.prefix}samples", trainer.global_step, trainer.current_epoch)
 
     def _record(self, trainer: pl.Trainer, values: dict[str, float]) -> None:
-        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
+        self._history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values}, trainer)
         main = values.get(self.metrics[0], math.nan)
         if not math.isnan(main) and (self.best is None or main < self.best):
             self.best = main
-
-    def _show_progress(self) -> bool:
-        return self.progress and rank_and_world()[0] == 0
 
     # ------------------------------------------------------------------ checkpointing
     @override
@@ -322,9 +355,9 @@ class GenerativeMetrics(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.history = list(state_dict.get("history", []))
+        self._history.replace(state_dict.get("history", []))
         self.best = state_dict.get("best")
-        self.seed = state_dict.get("seed", self.seed)  # same noise as before the interruption
+        self.evaluator.seed = state_dict.get("seed", self.seed)  # same noise as before the interruption
         saved_n = state_dict.get("num_samples", self.num_samples)
         if saved_n != self.num_samples:
             rank_zero_warn(

@@ -6,9 +6,9 @@ scheduler), the monitor would compare the previous evaluation's value again: pat
 checks instead of evaluations, and a stale value could be ranked. We never patch the monitors.
 Instead:
 
-- the callback uses Lightning's epoch convention (evaluate where ``(epoch + 1) % every_n_epochs == 0``,
-  as ``check_val_every_n_epoch`` and ``ModelCheckpoint(every_n_epochs=...)`` do), so matching
-  options line up;
+- the callback uses Lightning's conventions (see :mod:`lightning_fid.schedule`): epochs where
+  ``(epoch + 1) % every_n_epochs == 0``, as ``check_val_every_n_epoch`` and
+  ``ModelCheckpoint(every_n_epochs=...)``; global steps as ``ModelCheckpoint(every_n_train_steps=...)``;
 - :func:`check_monitors` runs in ``on_fit_start`` and raises, naming the option to set, when a
   monitor on our keys could check at a moment without a fresh evaluation;
 - :class:`FreshEarlyStopping` is an opt-in ``EarlyStopping`` that checks only right after an
@@ -29,45 +29,30 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from typing_extensions import override
 
-
-@dataclass(frozen=True)
-class Cadence:
-    """When evaluations happen: at epochs with ``(epoch + 1) % every_n_epochs == 0``, either at those
-    epochs' validation runs (``on_validation``) or at their training epoch end."""
-
-    every_n_epochs: int
-    on_validation: bool
+from lightning_fid.schedule import Cadence
 
 
 @dataclass(frozen=True)
 class _Check:
-    """A moment a monitor reads our key: at epochs with ``(epoch + 1) % period == 0`` (None: at step
-    or time boundaries, which no epoch schedule can match), at validation end or train epoch end."""
+    """Moments a monitor reads our key: every ``period`` epochs (``(epoch + 1) % period == 0``) at
+    training epoch end or at validation end, or every ``period`` global steps (``by_steps``).
+    ``period=None``: at moments no schedule of ours can match (time intervals, per-epoch batch counts)."""
 
     period: int | None
-    at_validation: bool
+    at_validation: bool = False
+    by_steps: bool = False
 
 
-def _evaluation_period(cadence: Cadence, trainer: pl.Trainer) -> int | None:
-    """Period in epochs of the evaluations, or None when validation runs by steps (no epoch period)."""
-    if not cadence.on_validation:
-        return cadence.every_n_epochs
-    every = trainer.check_val_every_n_epoch
-    return None if every is None else math.lcm(cadence.every_n_epochs, every)
-
-
-def is_fresh(check: _Check, cadence: Cadence, trainer: pl.Trainer) -> bool:
+def is_fresh(check: _Check, cadence: Cadence) -> bool:
     """Whether every moment of ``check`` comes right after an evaluation."""
-    if check.at_validation:
-        # Without validation_step there is no validation run, so a validation-end check never fires;
-        # with it, every validation in an epoch we evaluate is an evaluation.
-        if not cadence.on_validation or cadence.every_n_epochs == 1:
-            return True
-        return check.period is not None and check.period % cadence.every_n_epochs == 0
-    if check.period is None:
+    if cadence.by_steps:
+        return check.by_steps and check.period is not None and check.period % cadence.every_n_steps == 0
+    if check.by_steps or (check.period is None and not check.at_validation):
         return False
-    period = _evaluation_period(cadence, trainer)
-    return period is not None and check.period % period == 0
+    n = cadence.every_n_epochs
+    if check.at_validation and n == 1:
+        return True  # every validation belongs to a due epoch and evaluates
+    return check.period is not None and check.period % n == 0  # every due epoch is evaluated by its end
 
 
 def _checks(monitor: Callback, trainer: pl.Trainer) -> list[_Check]:
@@ -76,35 +61,53 @@ def _checks(monitor: Callback, trainer: pl.Trainer) -> list[_Check]:
     if isinstance(monitor, EarlyStopping):
         on_train_end = getattr(monitor, "_check_on_train_epoch_end", True)
         if on_train_end is None or on_train_end:
-            return [_Check(1, at_validation=False)]
+            return [_Check(1)]
         return [_Check(every_val, at_validation=True)]
     if isinstance(monitor, ModelCheckpoint):
         if monitor.save_top_k == 0:
             return []
         checks = []
-        if getattr(monitor, "_every_n_train_steps", 1) or getattr(monitor, "_train_time_interval", True):
-            checks.append(_Check(None, at_validation=False))
+        steps = getattr(monitor, "_every_n_train_steps", 1)
+        if steps:
+            checks.append(_Check(steps, by_steps=True))
+        if getattr(monitor, "_train_time_interval", True):
+            checks.append(_Check(None))
         every = getattr(monitor, "_every_n_epochs", 1)
-        if every:  # it may save at train epoch end or at validation end: both must be fresh
-            checks.append(_Check(every, at_validation=False))
-            checks.append(_Check(every if every_val is None else math.lcm(every, every_val), at_validation=True))
+        if every:
+            on_train_end = getattr(monitor, "_save_on_train_epoch_end", None)
+            if on_train_end is not False and not (on_train_end is None and every_val != 1):
+                checks.append(_Check(every))  # saves at training epoch end
+            if on_train_end is not True:
+                checks.append(_Check(every if every_val is None else math.lcm(every, every_val), at_validation=True))
         return checks
     return []
 
 
 def _advice(monitor: Callback, cadence: Cadence) -> str:
-    n = cadence.every_n_epochs
-    name = type(monitor).__name__
     if isinstance(monitor, EarlyStopping):
+        if cadence.by_steps:
+            return "use lightning_fid.FreshEarlyStopping, which checks only after an evaluation"
+        n = cadence.every_n_epochs
         return (
-            f"evaluate at every validation and validate every {n} epoch(s): GenerativeMetrics(every_n_epochs=1), "
-            f"Trainer(check_val_every_n_epoch={n}) and {name}(check_on_train_epoch_end=False); or use "
-            f"lightning_fid.FreshEarlyStopping, which checks only after an evaluation"
+            f"validate on the same schedule: Trainer(check_val_every_n_epoch={n}) and "
+            f"{type(monitor).__name__}(check_on_train_epoch_end=False); or use lightning_fid.FreshEarlyStopping, "
+            "which checks only after an evaluation"
+        )
+    if cadence.by_steps:
+        return (
+            f"save by steps on the same schedule: ModelCheckpoint(every_n_train_steps={cadence.every_n_steps}) "
+            "(or a multiple), with every_n_epochs and train_time_interval unset"
         )
     return (
-        f"save by epochs on the same schedule: ModelCheckpoint(every_n_epochs={n}) (or a multiple), with "
-        "every_n_train_steps and train_time_interval unset"
+        f"save by epochs on the same schedule: ModelCheckpoint(every_n_epochs={cadence.every_n_epochs}) (or a "
+        "multiple), with every_n_train_steps and train_time_interval unset"
     )
+
+
+def _schedule(cadence: Cadence) -> str:
+    if cadence.by_steps:
+        return f"every_n_steps={cadence.every_n_steps}"
+    return f"every_n_epochs={cadence.every_n_epochs}"
 
 
 def check_monitors(trainer: pl.Trainer, keys: Collection[str], cadence: Cadence) -> None:
@@ -113,22 +116,26 @@ def check_monitors(trainer: pl.Trainer, keys: Collection[str], cadence: Cadence)
     for monitor in trainer.callbacks:
         if isinstance(monitor, FreshEarlyStopping) or getattr(monitor, "monitor", None) not in keys:
             continue
-        if not all(is_fresh(check, cadence, trainer) for check in _checks(monitor, trainer)):
+        if not all(is_fresh(check, cadence) for check in _checks(monitor, trainer)):
             problems.append(
                 f"{type(monitor).__name__}(monitor={monitor.monitor!r}) would also check between evaluations "
-                f"(every_n_epochs={cadence.every_n_epochs}, check_val_every_n_epoch="
-                f"{trainer.check_val_every_n_epoch}) and compare a stale value; {_advice(monitor, cadence)}"
+                f"({_schedule(cadence)}, check_val_every_n_epoch={trainer.check_val_every_n_epoch}) and compare a "
+                f"stale value; {_advice(monitor, cadence)}"
             )
     for config in trainer.lr_scheduler_configs:
         if not config.reduce_on_plateau or config.monitor not in keys:
             continue
         period = config.frequency if config.interval == "epoch" else None
-        if not is_fresh(_Check(period, at_validation=False), cadence, trainer):
+        if not is_fresh(_Check(period), cadence):
+            advice = (
+                "plateau schedulers step by epochs or by batches within an epoch, which every_n_steps cannot match; "
+                "evaluate with every_n_epochs"
+                if cadence.by_steps
+                else f"use 'interval': 'epoch' and a 'frequency' that is a multiple of {cadence.every_n_epochs}"
+            )
             problems.append(
                 f"the LR scheduler monitoring {config.monitor!r} (interval={config.interval!r}, frequency="
-                f"{config.frequency}) would step on stale values; return it from configure_optimizers with "
-                f"'interval': 'epoch' and 'frequency' a multiple of {_evaluation_period(cadence, trainer) or 'the'}"
-                " evaluation period"
+                f"{config.frequency}) would step on stale values; {advice}"
             )
     if problems:
         raise ValueError("GenerativeMetrics: " + "; ".join(problems))

@@ -10,7 +10,7 @@ kept set, so the result is identical for any number of processes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +20,12 @@ from tqdm.auto import tqdm
 
 from lightning_fid.distributed import Group, all_reduce_packed, any_rank, rank_and_world
 from lightning_fid.extractors.base import ExtractorInfo, Frozen, describe, run_extractor
-from lightning_fid.image_logging import image_grid
+from lightning_fid.hygiene import full_precision, sampling_precision
 from lightning_fid.images import InputRange, to_uint8
 from lightning_fid.real import RealOptions, RealSource
 from lightning_fid.registry import SLOTS, slot_needs
-from lightning_fid.sampling import SampleFn, generate, plan
+from lightning_fid.reporting import image_grid
+from lightning_fid.sampling import Sampler, generate, plan
 from lightning_fid.stats import FeatureBank, FeatureMoments, Statistics
 
 
@@ -37,33 +38,49 @@ class Slot:
     info: ExtractorInfo
     moments: bool
     keep_features: bool
+    standard: bool = False  # the slot's standard network (built from the published weights)
 
 
-def make_slot(name: str, module: nn.Module, moments: bool, keep_features: bool) -> Slot:
+def make_slot(name: str, module: nn.Module, moments: bool, keep_features: bool, standard: bool = False) -> Slot:
     """Wrap ``module`` frozen and read its self-description (one probe pass if it declares no dim)."""
     frozen = module if isinstance(module, Frozen) else Frozen(module)
-    return Slot(name, frozen, describe(frozen), moments, keep_features)
+    return Slot(name, frozen, describe(frozen), moments, keep_features, standard)
+
+
+def _shared(name: str, module: nn.Module | None, shared: Sequence[Slot]) -> Slot | None:
+    for slot in shared:
+        same_user_module = module is not None and slot.module.module is module
+        same_standard = module is None and slot.standard and slot.name == name
+        if same_user_module or same_standard:
+            return slot
+    return None
 
 
 def build_slots(
     metrics: Iterable[str],
     extractors: Mapping[str, nn.Module | None] | None = None,
     weights: Mapping[str, Any] | None = None,
+    shared: Sequence[Slot] = (),
 ) -> list[Slot]:
     """The slots the metrics need (from the metric table), one per distinct extractor.
 
     ``extractors`` maps a slot name to a user module (None: the slot's standard network, built from
     ``weights[slot]`` or the verified cache). Building the standard network resolves its weights,
-    so a missing file fails here, before any work.
+    so a missing file fails here, before any work. A network already loaded in one of the ``shared``
+    slots (another callback's) is reused, not loaded again.
     """
     extractors = extractors or {}
     weights = weights or {}
     slots = []
     for name, (moments, keep) in slot_needs(metrics).items():
         module = extractors.get(name)
-        if module is None:
-            module = SLOTS[name].default(weights.get(name))
-        slots.append(make_slot(name, module, moments, keep))
+        peer = _shared(name, module, shared)
+        if peer is not None:
+            slots.append(Slot(name, peer.module, peer.info, moments, keep, peer.standard))
+        elif module is not None:
+            slots.append(make_slot(name, module, moments, keep))
+        else:
+            slots.append(make_slot(name, SLOTS[name].default(weights.get(name)), moments, keep, standard=True))
     return slots
 
 
@@ -140,12 +157,12 @@ def extract_real(
     rank, world = rank_and_world()
     acc = Accumulator(slots, device)
     n_batches = len(range(rank * options.batch_size, num, world * options.batch_size))
-    with tqdm(total=n_batches, desc=desc, disable=not (progress and rank == 0), leave=False) as bar:
+    with tqdm(total=n_batches, desc=desc, disable=not (progress and rank == 0), leave=False) as bar, full_precision():
         for index, images in source.batches(num, options.batch_size, rank, world, options.image_key, options.transform):
             declared = "uint8" if images.dtype == torch.uint8 else options.input_range
             acc.add(to_uint8(images, declared, strict=True).to(device), index)
             bar.update(1)
-    return acc.finish()
+        return acc.finish()
 
 
 @dataclass
@@ -158,7 +175,7 @@ class GeneratedSet:
 
 
 def sample_and_extract(
-    sample_fn: SampleFn,
+    sampler: Sampler,
     module: nn.Module,
     slots: list[Slot],
     *,
@@ -167,13 +184,16 @@ def sample_and_extract(
     seed: int,
     input_range: InputRange,
     device: torch.device,
+    conditions: Sequence[Any] | None = None,
+    sample_autocast: torch.dtype | None = None,
     grid_size: int = 0,
     progress: bool = False,
 ) -> GeneratedSet:
     """Sample ``num_samples`` fixed-noise images over all ranks and merge their statistics (collective).
 
-    Non-finite images make the whole set invalid on every rank (agreed with one all-reduce), so
-    the caller logs NaN instead of a number computed from part of the samples.
+    The generator runs in full precision unless ``sample_autocast`` opts in to autocast; extraction
+    always runs in full precision. Non-finite images make the whole set invalid on every rank (agreed
+    with one all-reduce), so the caller logs NaN instead of a number computed from part of the samples.
     """
     rank, world = rank_and_world()
     batches = plan(num_samples, batch_size, rank, world)
@@ -181,34 +201,42 @@ def sample_and_extract(
     bad = False
     acc = Accumulator(slots, device)
     bar = tqdm(total=len(batches), desc="lightning_fid: sampling", disable=not (progress and rank == 0), leave=False)
-    for batch, images in generate(sample_fn, module, batches, seed):
-        bar.update(1)
-        if not bool(torch.isfinite(images).all()):
-            bad = True
-            continue
-        u8 = to_uint8(images.detach(), input_range, strict=False)
-        if batch.index == 0 and grid_size:
-            grid = image_grid(u8[:grid_size])
-        acc.add(u8.to(device), batch.sample_index)
+    with sampling_precision(sample_autocast, device):
+        for batch, images in generate(sampler, module, batches, seed, conditions):
+            bar.update(1)
+            with full_precision():
+                if not bool(torch.isfinite(images).all()):
+                    bad = True
+                    continue
+                u8 = to_uint8(images.detach(), input_range, strict=False)
+                if batch.index == 0 and grid_size:
+                    grid = image_grid(u8[:grid_size])
+                acc.add(u8.to(device), batch.sample_index)
     bar.close()
-    if any_rank(bad, device):
-        acc.discard()
-        return GeneratedSet(None, grid)
-    return GeneratedSet(acc.finish(), grid)
+    with full_precision():
+        if any_rank(bad, device):
+            acc.discard()
+            return GeneratedSet(None, grid)
+        return GeneratedSet(acc.finish(), grid)
 
 
 def dry_run(
-    sample_fn: SampleFn, module: nn.Module, slots: list[Slot], *, num_samples: int, seed: int,
-    input_range: InputRange, device: torch.device,
+    sampler: Sampler, module: nn.Module, slots: list[Slot], *, num_samples: int, seed: int,
+    input_range: InputRange, device: torch.device, conditions: Sequence[Any] | None = None,
+    sample_autocast: torch.dtype | None = None,
 ) -> None:  # fmt: skip
-    """Run the whole chain once on a small batch, on this rank only: shapes, ranges, extractors.
+    """Run the whole chain once, on this rank only, at ``num_samples`` (use the real batch size, so
+    problems a full batch reveals show up): shapes, ranges, extractors. Nothing is communicated.
 
-    Raises ValueError saying what to change; nothing is accumulated or communicated.
+    Raises ValueError saying what to change.
     """
     try:
-        (_, images), *_ = list(generate(sample_fn, module, plan(num_samples, num_samples), seed))
-        u8 = to_uint8(images, input_range, strict=True)
+        with sampling_precision(sample_autocast, device):
+            (_, images), *_ = list(generate(sampler, module, plan(num_samples, num_samples), seed, conditions))
+        with full_precision():
+            u8 = to_uint8(images.detach(), input_range, strict=True)
     except ValueError as exc:
         raise ValueError(f"GenerativeMetrics dry run: {exc}") from exc
-    for slot in slots:
-        extract(slot, u8.to(device))
+    with full_precision():
+        for slot in slots:
+            extract(slot, u8.to(device))

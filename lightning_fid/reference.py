@@ -46,6 +46,7 @@ def resolve_reference(
     device: torch.device | str = "cpu",
     cache: StatsCache | None = None,
     named: Mapping[str, Callable[[], Any]] | None = None,
+    known: Mapping[str, Reference] | None = None,
     progress: bool = False,
 ) -> Reference:
     """Statistics of the real data for every slot (a collective call: every rank must make it).
@@ -58,13 +59,14 @@ def resolve_reference(
         device: where extraction runs and the statistics live.
         cache: statistics cache; None reads the data every time.
         named: named sources, e.g. ``{"train": trainer_train_loader}``, resolved on use.
+        known: references already resolved in this process (other callbacks'), by key: reused as is.
         progress: show a progress bar on rank 0.
     """
     device = torch.device(device)
     if is_statistics_file(real):
         reference = _from_file(Path(real), slots, device)
     else:
-        reference = _from_data(_resolve_data(real, named), slots, options, device, cache, progress)
+        reference = _from_data(_resolve_data(real, named), slots, options, device, cache, known or {}, progress)
     check_reference(reference.stats, slots)
     return reference
 
@@ -103,7 +105,13 @@ def _resolve_data(real: Any, named: Mapping[str, Callable[[], Any]] | None) -> A
 
 
 def _from_data(
-    data: Any, slots: list[Slot], options: RealOptions, device: torch.device, cache: StatsCache | None, progress: bool
+    data: Any,
+    slots: list[Slot],
+    options: RealOptions,
+    device: torch.device,
+    cache: StatsCache | None,
+    known: Mapping[str, Reference],
+    progress: bool,
 ) -> Reference:
     source = RealSource(data)
     num = count_available(source, options.num_real, options.image_key, options.transform)
@@ -118,6 +126,8 @@ def _from_data(
         num_real=num,
         data=source.fingerprint(num, options.image_key, options.transform),
     )
+    if key in known:  # another callback already read the same data with the same extractors
+        return known[key]
     stats = _load_cached(cache, key, slots, device)
     # Agree across ranks: a cache file present on one node's disk but not another's must not send
     # one rank into the collective real pass alone.

@@ -20,7 +20,7 @@ from torch import nn
 from lightning_fid.distributed import Group
 from lightning_fid.metrics.cmmd import cmmd
 from lightning_fid.metrics.fid import frechet_distance, reference_factor, warn_if_rank_deficient
-from lightning_fid.metrics.kid import kid
+from lightning_fid.metrics.kid import kid, kid_real_terms
 from lightning_fid.stats import Statistics
 
 
@@ -111,9 +111,15 @@ def _prepare_fid(real: Statistics, options: MetricOptions) -> None:
 
 
 def _kid(real: Statistics, fake: Statistics, options: MetricOptions, group: Group = None) -> dict[str, float]:
-    size = min(options.kid_subset_size, fake.features.shape[0])
+    n_fake = fake.features.shape[0]
+    size = min(options.kid_subset_size, n_fake)
+    # The real-vs-real sums of the fixed subsets do not change during a run: computed once, reused.
+    key = ("kid_real_terms", n_fake, options.kid_subsets, size, options.seed)
+    if key not in real.prepared:
+        real.prepared[key] = kid_real_terms(real.features, n_fake, options.kid_subsets, size, options.seed,
+                                            distributed=True, group=group)  # fmt: skip
     mean, std = kid(real.features, fake.features, options.kid_subsets, size, options.seed,
-                    distributed=True, group=group)  # fmt: skip
+                    distributed=True, group=group, real_terms=real.prepared[key])  # fmt: skip
     return {"kid": mean, "kid_std": std}
 
 

@@ -114,3 +114,13 @@ def make_callback(tmp_path=None, **overrides):
         kw["use_cache"] = False
     kw.update(overrides)
     return GenerativeMetrics(**kw)
+
+
+class TinyData(pl.LightningDataModule):
+    """The real images as a datamodule (for LightningCLI configs)."""
+
+    def train_dataloader(self):
+        return loaders()[0]
+
+    def val_dataloader(self):
+        return loaders()[1]

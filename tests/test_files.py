@@ -13,7 +13,7 @@ import torch
 
 from lightning_fid.cache import StatsCache
 from lightning_fid.files import atomic_write, current_umask
-from lightning_fid.image_logging import image_grid, log_grid
+from lightning_fid.reporting import image_grid, log_grid
 from lightning_fid.stats import FeatureMoments
 
 

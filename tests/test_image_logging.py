@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightning_fid.image_logging import image_grid, log_grid
+from lightning_fid.reporting import image_grid, log_grid
 
 
 class MLFlowLogger:  # same class name and image API as lightning's MLFlowLogger (mlflow is not installed here)

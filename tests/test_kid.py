@@ -117,3 +117,15 @@ def test_nan_features_are_rejected(rng):
         kid(x, y, 2, 10)
     with pytest.raises(ValueError, match="fake_features contains"):
         kid_full(x, y)
+
+
+def test_cached_real_terms_give_bit_identical_values(rng):
+    from lightning_fid.metrics.kid import kid_real_terms
+
+    real = torch.from_numpy(rng.random((300, 16))).float()
+    fake = torch.from_numpy(rng.random((250, 16)) * 1.05).float()
+    terms = kid_real_terms(real, 250, 7, 50, seed=3)
+    assert terms.shape == (7,) and terms.dtype == torch.float64
+    assert kid(real, fake, 7, 50, 3, real_terms=terms) == kid(real, fake, 7, 50, 3)
+    with pytest.raises(ValueError, match="real_terms has shape"):
+        kid(real, fake, 8, 50, 3, real_terms=terms)

@@ -11,7 +11,8 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning_helpers import TinyGAN, loaders, make_callback, trainer_kwargs
 
 from lightning_fid import FreshEarlyStopping
-from lightning_fid.monitors import Cadence, _Check, is_fresh
+from lightning_fid.monitors import _Check, is_fresh
+from lightning_fid.schedule import Cadence
 
 
 def _constant_fid_run(tmp_path, stopper, every_n_epochs=1, **trainer_kw):
@@ -26,14 +27,14 @@ def _constant_fid_run(tmp_path, stopper, every_n_epochs=1, **trainer_kw):
     "every_n_epochs, trainer_kw, stopper",
     [
         (1, {}, EarlyStopping),  # default trainer: every validation is an evaluation
-        (1, {"check_val_every_n_epoch": 2}, EarlyStopping),  # Lightning's own option sets the pace
+        (2, {"check_val_every_n_epoch": 2}, EarlyStopping),  # Lightning's own option on the same schedule
         (2, {}, FreshEarlyStopping),  # validation every epoch, FID every 2: the opt-in subclass
     ],
 )
 def test_early_stopping_counts_evaluations(tmp_path, every_n_epochs, trainer_kw, stopper):
     es = stopper(monitor="fid", mode="min", patience=2)
     trainer, cb = _constant_fid_run(tmp_path, es, every_n_epochs, **trainer_kw)
-    period = every_n_epochs * trainer_kw.get("check_val_every_n_epoch", 1)
+    period = every_n_epochs
     evaluated = [h["epoch"] for h in cb.history]
     assert evaluated == [period - 1, 2 * period - 1, 3 * period - 1]  # best, then exactly 2 non-improving
     assert es.stopped_epoch == evaluated[-1]
@@ -118,26 +119,23 @@ def test_monitor_and_callback_pickle_after_fit(tmp_path):
     assert not any(name.startswith("_lightning_fid") for name in vars(es))  # nothing patched onto it
 
 
-class _Trainer:  # what is_fresh reads of a trainer
-    def __init__(self, check_val_every_n_epoch):
-        self.check_val_every_n_epoch = check_val_every_n_epoch
-
-
 @pytest.mark.parametrize(
-    "check, cadence, every_val, fresh",
+    "check, cadence, fresh",
     [
-        (_Check(1, False), Cadence(1, True), 1, True),  # train-end check each epoch, evaluate each validation
-        (_Check(1, False), Cadence(1, True), 2, False),  # ... but validation only every 2 epochs
-        (_Check(2, False), Cadence(1, True), 2, True),
-        (_Check(6, False), Cadence(3, True), 2, True),  # lcm(3, 2) = 6
-        (_Check(3, False), Cadence(3, True), 2, False),
-        (_Check(2, True), Cadence(2, True), 2, True),  # validation-end checks see every due validation
-        (_Check(1, True), Cadence(2, True), 1, False),
-        (_Check(None, True), Cadence(1, True), None, True),  # step-based validation, evaluate at each
-        (_Check(None, False), Cadence(1, True), 1, False),  # step / time based checks never line up
-        (_Check(1, True), Cadence(3, False), 1, True),  # no validation_step: validation-end never fires
-        (_Check(3, False), Cadence(3, False), 1, True),
+        (_Check(1), Cadence(1), True),  # train-end check every epoch, evaluation every epoch
+        (_Check(1), Cadence(2), False),
+        (_Check(4), Cadence(2), True),
+        (_Check(3), Cadence(2), False),
+        (_Check(2, at_validation=True), Cadence(2), True),  # validation every 2 epochs, FID every 2
+        (_Check(1, at_validation=True), Cadence(2), False),
+        (_Check(None, at_validation=True), Cadence(1), True),  # validation by steps, FID at each
+        (_Check(None, at_validation=True), Cadence(2), False),
+        (_Check(None), Cadence(1), False),  # time-based checks never line up
+        (_Check(4, by_steps=True), Cadence(None, 2), True),
+        (_Check(3, by_steps=True), Cadence(None, 2), False),
+        (_Check(1), Cadence(None, 2), False),  # an epoch-end check against step evaluations
+        (_Check(2, by_steps=True), Cadence(1), False),
     ],
 )
-def test_freshness_rule(check, cadence, every_val, fresh):
-    assert is_fresh(check, cadence, _Trainer(every_val)) is fresh
+def test_freshness_rule(check, cadence, fresh):
+    assert is_fresh(check, cadence) is fresh

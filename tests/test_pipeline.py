@@ -9,7 +9,7 @@ from lightning_helpers import TinyEmbed, TinyFeatures, TinyGAN, real_images, sam
 from lightning_fid.extractors.base import run_extractor
 from lightning_fid.images import to_uint8
 from lightning_fid.pipeline import Accumulator, build_slots, dry_run, sample_and_extract
-from lightning_fid.sampling import noise_generator
+from lightning_fid.sampling import make_sampler, noise_generator
 
 EXTRACTORS = {"features": TinyFeatures(), "cmmd": TinyEmbed(seed=5)}
 
@@ -51,7 +51,7 @@ def test_features_are_merged_in_global_order_whatever_the_add_order():
 def test_sample_and_extract_uses_fixed_noise_and_restores_mode():
     model = TinyGAN().train()
     slots = build_slots(("fid",), {"features": TinyFeatures()})
-    out = sample_and_extract(sample, model, slots, num_samples=12, batch_size=5, seed=3, input_range=(-1, 1),
+    out = sample_and_extract(make_sampler(sample, model), model, slots, num_samples=12, batch_size=5, seed=3, input_range=(-1, 1),
                              device=torch.device("cpu"), grid_size=4)  # fmt: skip
     assert model.training and out.grid is not None and out.grid.dtype == torch.uint8
     model.eval()
@@ -67,7 +67,7 @@ def test_non_finite_images_invalidate_the_whole_set():
         images = sample(module, n, generator)
         return images * float("nan") if n == 2 else images
 
-    out = sample_and_extract(nan_in_second_batch, TinyGAN(), slots, num_samples=7, batch_size=5, seed=0,
+    out = sample_and_extract(make_sampler(nan_in_second_batch, None), TinyGAN(), slots, num_samples=7, batch_size=5, seed=0,
                              input_range=(-1, 1), device=torch.device("cpu"))  # fmt: skip
     assert out.stats is None
 
@@ -83,7 +83,15 @@ def test_non_finite_images_invalidate_the_whole_set():
 def test_dry_run_names_the_problem(sample_fn, match):
     slots = build_slots(("fid",), {"features": TinyFeatures()})
     with pytest.raises(ValueError, match=f"dry run: .*{match}"):
-        dry_run(sample_fn, TinyGAN(), slots, num_samples=4, seed=0, input_range=(-1, 1), device=torch.device("cpu"))
+        dry_run(
+            make_sampler(sample_fn, None),
+            TinyGAN(),
+            slots,
+            num_samples=4,
+            seed=0,
+            input_range=(-1, 1),
+            device=torch.device("cpu"),
+        )
 
 
 def test_dry_run_catches_a_lying_extractor():
@@ -93,4 +101,12 @@ def test_dry_run_catches_a_lying_extractor():
     slots = build_slots(("fid",), {"features": Lies()})
     slots[0].info = type(slots[0].info)(slots[0].info.name, 16, (0.0, 1.0), "x")
     with pytest.raises(ValueError, match="returned 8 features, declared 16"):
-        dry_run(sample, TinyGAN(), slots, num_samples=4, seed=0, input_range=(-1, 1), device=torch.device("cpu"))
+        dry_run(
+            make_sampler(sample, None),
+            TinyGAN(),
+            slots,
+            num_samples=4,
+            seed=0,
+            input_range=(-1, 1),
+            device=torch.device("cpu"),
+        )

@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning_helpers import TinyGAN, sample
 
-from lightning_fid.sampling import batch_seed, generate, noise_generator, plan
+from lightning_fid.sampling import batch_seed, generate, make_sampler, noise_generator, plan
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])
@@ -35,7 +35,7 @@ def test_generate_samples_in_eval_mode_without_grad_and_restores_training():
         seen.append((module.training, torch.is_grad_enabled()))
         return sample(module, n, generator)
 
-    out = list(generate(spy, model, plan(7, 5), seed=0))
+    out = list(generate(make_sampler(spy, model), model, plan(7, 5), seed=0))
     assert [b.size for b, _ in out] == [5, 2] and seen == [(False, False), (False, False)]
     assert model.training
 
@@ -43,5 +43,5 @@ def test_generate_samples_in_eval_mode_without_grad_and_restores_training():
 def test_generate_refuses_wrong_batches_and_still_restores_mode():
     model = TinyGAN().train()
     with pytest.raises(ValueError, match=r"returned shape \(4, 3, 8, 8\); expected \(5, C, H, W\)"):
-        list(generate(lambda m, n, g: torch.zeros(4, 3, 8, 8), model, plan(5, 5), seed=0))
+        list(generate(make_sampler(lambda m, n, g: torch.zeros(4, 3, 8, 8), model), model, plan(5, 5), seed=0))
     assert model.training

@@ -15,13 +15,58 @@ from lightning_fid.distributed import Group, all_reduce_packed, rank_and_world
 from lightning_fid.metrics.kernels import pair_sums, polynomial_kernel
 
 
-def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor, block_size: int, distributed: bool, group: Group = None) -> float:
-    """(sum_{i!=j} k(x_i,x_j))/(m(m-1)) + (same for y) - 2 sum_{i,j} k(x_i,y_j)/(m n)."""
-    (xx, xx_diag), (yy, yy_diag), (xy, _) = pair_sums(
-        [(x, x, True), (y, y, True), (x, y, False)], polynomial_kernel, block_size, distributed, group
-    )
+def _mmd2_unbiased(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    block_size: int,
+    distributed: bool,
+    group: Group = None,
+    real_term: float | None = None,
+) -> float:
+    """(sum_{i!=j} k(x_i,x_j))/(m(m-1)) + (same for y) - 2 sum_{i,j} k(x_i,y_j)/(m n).
+
+    ``real_term`` is the first summand, when the caller has it from an earlier evaluation.
+    """
+    pairs = [(y, y, True), (x, y, False)] + ([(x, x, True)] if real_term is None else [])
+    sums = pair_sums(pairs, polynomial_kernel, block_size, distributed, group)
+    (yy, yy_diag), (xy, _) = sums[:2]
+    if real_term is None:
+        real_term = _real_term(*sums[2], x.shape[0])
     m, n = x.shape[0], y.shape[0]
-    return (xx - xx_diag) / (m * (m - 1)) + (yy - yy_diag) / (n * (n - 1)) - 2.0 * xy / (m * n)
+    return real_term + (yy - yy_diag) / (n * (n - 1)) - 2.0 * xy / (m * n)
+
+
+def _real_term(total: float, diagonal: float, m: int) -> float:
+    return (total - diagonal) / (m * (m - 1))
+
+
+def kid_real_terms(
+    real_features: ArrayLike,
+    n_fake: int,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+    *,
+    distributed: bool = False,
+    group: Group = None,
+) -> torch.Tensor:
+    """The real-vs-real summand of each seeded KID subset (float64, one per subset).
+
+    It depends on the real features, the generated count and the subsets only, so a training run
+    computes it once and passes it to every :func:`kid` call as ``real_terms``: a third of the
+    kernel work of each later evaluation.
+    """
+    x = as_features(real_features, "real_features")
+    subset_size = min(subset_size, x.shape[0], n_fake)
+    rank, world = rank_and_world(group) if distributed else (0, 1)
+    terms = torch.zeros(num_subsets, dtype=torch.float64, device=x.device)
+    for i, (ix, _) in enumerate(subset_indices(x.shape[0], n_fake, num_subsets, subset_size, seed)):
+        if i % world == rank:
+            ((total, diagonal),) = pair_sums([(_rows(x, ix),) * 2 + (True,)], polynomial_kernel, subset_size)
+            terms[i] = _real_term(total, diagonal, subset_size)
+    if world > 1:
+        (terms,) = all_reduce_packed([terms], group)
+    return terms
 
 
 def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -54,6 +99,7 @@ def kid(
     *,
     distributed: bool = False,
     group: Group = None,
+    real_terms: torch.Tensor | None = None,
 ) -> tuple[float, float]:
     """KID mean and population std over ``num_subsets`` seeded subsets of ``subset_size`` samples.
 
@@ -61,6 +107,7 @@ def kid(
     so the same features and seed give the same value however they were gathered. With
     ``distributed`` (identical features on every rank), subsets are dealt to the ranks and the
     per-subset values all-reduced: each subset is computed once, and the result is bit-identical.
+    ``real_terms`` (from :func:`kid_real_terms` with the same arguments) skips the real-vs-real sums.
     """
     x = as_features(real_features, "real_features")
     y = as_features(fake_features, "fake_features")
@@ -81,9 +128,12 @@ def kid(
     y = y.to(x.device)
     rank, world = rank_and_world(group) if distributed else (0, 1)
     values = torch.zeros(num_subsets, dtype=torch.float64, device=x.device)
+    if real_terms is not None and real_terms.shape != (num_subsets,):
+        raise ValueError(f"real_terms has shape {tuple(real_terms.shape)}, expected ({num_subsets},)")
     for i, (ix, iy) in enumerate(subset_indices(x.shape[0], y.shape[0], num_subsets, subset_size, seed)):
         if i % world == rank:
-            values[i] = _mmd2_unbiased(_rows(x, ix), _rows(y, iy), subset_size, False)
+            known = None if real_terms is None else float(real_terms[i])
+            values[i] = _mmd2_unbiased(_rows(x, ix), _rows(y, iy), subset_size, False, real_term=known)
     if world > 1:
         (values,) = all_reduce_packed([values], group)
     return float(values.mean()), float(values.std(unbiased=False))

@@ -1,9 +1,11 @@
-"""Send a grid of fixed-noise samples to every configured logger (rank 0 only)."""
+"""What reaches the user's loggers: metric values (to ``callback_metrics`` and every logger, at the step
+they describe) and a grid of fixed-noise samples (rank 0 only)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from PIL import Image
@@ -49,3 +51,20 @@ def _save_png(hwc: np.ndarray, folder: Path, tag: str, epoch: int) -> str:
     with atomic_write(path, suffix=".png") as tmp:
         Image.fromarray(hwc).save(tmp)
     return str(path)
+
+
+def log_values(
+    trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict[str, float], on_step: bool = False
+) -> None:
+    """Put ``values`` (already keyed) in ``callback_metrics`` for monitors, and send them to every logger.
+
+    At epoch ends (training or validation) Lightning's own logging does both. From a training batch
+    end Lightning forwards values to loggers only every ``log_every_n_steps``, so there rank 0 sends
+    them itself, at ``trainer.global_step``: the step they describe.
+    """
+    for key, value in values.items():
+        pl_module.log(key, float(value), on_step=on_step, on_epoch=not on_step, sync_dist=False, logger=not on_step,
+                      batch_size=1)  # fmt: skip
+    if on_step and trainer.is_global_zero:
+        for logger in trainer.loggers:
+            logger.log_metrics(dict(values), step=trainer.global_step)

@@ -1,0 +1,107 @@
+"""Every evaluation's float64 values: kept in memory, written by rank 0 as JSON, readable after spawn.
+
+Lightning stores logged scalars as float32, so the exact values live here. Rank 0 writes them to
+``lightning_fid_history.json`` next to the logger's files after every evaluation, as
+``{"evaluations": [...], "final": {...}}``. With a strategy
+that runs training in spawned processes (``ddp_spawn``), the callback object the user holds never
+sees an evaluation; rank 0 therefore also writes the history under a per-callback token in the
+temporary folder, and :meth:`History.entries` reads it back when its own list is empty.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from lightning_fid.files import atomic_write
+
+HISTORY_FILE = "lightning_fid_history.json"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if value is None:
+        return math.nan
+    if value in ("inf", "-inf"):
+        return float(value)
+    return value
+
+
+class History:
+    """The evaluations (dicts of floats plus ``epoch`` / ``step``) and final values of one callback."""
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self.token = uuid.uuid4().hex
+        self._entries: list[dict[str, Any]] = []
+        self._final: dict[str, float] = {}
+
+    @property
+    def spawn_file(self) -> Path:
+        """Where rank 0 also writes the history, for the process that launched a spawn strategy."""
+        return Path(tempfile.gettempdir()) / "lightning_fid" / f"history-{self.token}.json"
+
+    def _read_back(self) -> None:
+        if not self._entries and not self._final and self.spawn_file.is_file():
+            saved = json.loads(self.spawn_file.read_text())
+            self._entries = [{k: _from_json(v) for k, v in e.items()} for e in saved["evaluations"]]
+            self._final = {k: _from_json(v) for k, v in saved["final"].items()}
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """The evaluations so far (read back from the spawned run's file when this process ran none)."""
+        self._read_back()
+        return self._entries
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The end-of-fit values (``final_*`` keys), read back likewise."""
+        self._read_back()
+        return self._final
+
+    def replace(self, entries: list[dict[str, Any]]) -> None:
+        """Set the entries (from a checkpoint)."""
+        self._entries = list(entries)
+
+    def file_for(self, trainer: pl.Trainer) -> Path:
+        """``lightning_fid_history[_<name>].json`` in the first logger's folder (or the root dir).
+        A collective call under DDP (``trainer.log_dir`` broadcasts rank 0's folder)."""
+        folder = trainer.log_dir or trainer.default_root_dir
+        suffix = "".join(c if c.isalnum() else "_" for c in self.name).strip("_")
+        return Path(folder) / (HISTORY_FILE if not suffix else HISTORY_FILE.replace(".json", f"_{suffix}.json"))
+
+    def append(self, entry: dict[str, Any], trainer: pl.Trainer | None) -> None:
+        """Record one evaluation; rank 0 rewrites the JSON files (a collective call under DDP)."""
+        self._entries.append(entry)
+        self._write(trainer)
+
+    def set_final(self, values: dict[str, float], trainer: pl.Trainer | None) -> None:
+        """Record the end-of-fit values; rank 0 rewrites the JSON files (a collective call under DDP)."""
+        self._final = dict(values)
+        self._write(trainer)
+
+    def _write(self, trainer: pl.Trainer | None) -> None:
+        if trainer is None:
+            return
+        log_file = self.file_for(trainer)  # every rank: trainer.log_dir is a collective (a broadcast)
+        if not trainer.is_global_zero:
+            return
+        payload = {
+            "evaluations": [{k: _jsonable(v) for k, v in e.items()} for e in self._entries],
+            "final": {k: _jsonable(v) for k, v in self._final.items()},
+        }
+        text = json.dumps(payload, indent=1)
+        for path in (log_file, self.spawn_file):
+            with atomic_write(path, suffix=".json") as tmp:
+                tmp.write_text(text)
