@@ -12,15 +12,20 @@ ArrayLike = Any  # torch.Tensor | np.ndarray | nested sequences
 
 def as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     """Return ``x`` as a floating tensor on its own device (numpy arrays become CPU tensors)."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    elif not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(np.asarray(x))
-    if not (x.is_floating_point() or x.dtype in (torch.uint8, torch.int32, torch.int64)):
+    if not isinstance(x, torch.Tensor):
+        array = np.asarray(x)
+        if array.dtype.kind not in "biuf":  # strings, objects, complex: no torch conversion to try
+            raise ValueError(f"{name} must hold real numbers, got numpy dtype {array.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(array))
+    if x.dtype == torch.bool or x.is_complex() or not (x.is_floating_point() or _is_integer(x.dtype)):
         raise ValueError(f"{name} must hold real numbers, got dtype {x.dtype}")
     if not x.is_floating_point():
-        x = x.to(torch.float64)
+        x = x.to(torch.float64)  # every integer type is exact in float64 up to 2**53
     return x
+
+
+def _is_integer(dtype: torch.dtype) -> bool:
+    return not dtype.is_floating_point and not dtype.is_complex and dtype != torch.bool
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:

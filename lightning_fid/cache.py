@@ -7,7 +7,9 @@ file is never read. Files are written atomically; unreadable files are recompute
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import os
 import warnings
@@ -20,6 +22,26 @@ from lightning_fid.files import atomic_write
 from lightning_fid.stats import Statistics
 
 FORMAT_VERSION = 2  # 2: Statistics arrays (n absent when unknown) plus the key
+
+
+def stable_identity(obj: Any) -> str | None:
+    """A description of ``obj`` that is the same in every run, or None when there is none: lambdas,
+    closures and objects whose repr is their memory address cannot be told apart from a changed one."""
+    if obj is None:
+        return "None"
+    if isinstance(obj, functools.partial):
+        inner = stable_identity(obj.func)
+        parts = repr((obj.args, sorted(obj.keywords.items())))
+        return None if inner is None or " at 0x" in parts else f"partial({inner}, {parts})"
+    if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isbuiltin(obj):
+        name = getattr(obj, "__qualname__", "")
+        if "<lambda>" in name or "<locals>" in name:
+            return None
+        return f"{getattr(obj, '__module__', '')}.{name}"
+    text = repr(obj)
+    if " at 0x" in text:
+        return None
+    return f"{type(obj).__module__}.{type(obj).__qualname__}:{text}"
 
 
 def cache_key(**parts: Any) -> str:

@@ -81,10 +81,15 @@ class GenerativeMetrics(Callback):
             ``torch.bfloat16``) for speed; feature extraction always runs in full precision.
         input_range: range of generated images: ``(-1, 1)``, ``(0, 1)`` or ``"uint8"``.
         real_input_range: range of real images (default: ``input_range``; uint8 tensors always work).
+        range_check: refuse, before training, float images (real or generated) that fill only the upper
+            half of their declared range, the signature of [0, 1] images declared as (-1, 1). Set False
+            for an unusual but correct range.
         num_real: number of real samples (default: all), each used once across ranks.
         image_key: which entry of dict / tuple real batches holds the images (default: the first
             tensor, or a dict key among ``image``, ``images``, ``img``, ``x``).
         transform: ``transform(batch) -> images`` for real batches that need more than picking.
+        reference_id: a name for this exact real data and its reading; the statistics cache is keyed by
+            it instead of by inspecting the data (needed to cache when ``transform`` is a lambda).
         prefix: prepended to every logged key.
         names: rename logged keys, e.g. ``{"cmmd": "mmd"}`` when the CMMD machinery runs on a domain
             encoder instead of CLIP (then it is an RBF-kernel MMD, not CMMD).
@@ -119,9 +124,11 @@ class GenerativeMetrics(Callback):
         sample_autocast: torch.dtype | None = None,
         input_range: InputRange = (-1.0, 1.0),
         real_input_range: InputRange | None = None,
+        range_check: bool = True,
         num_real: int | None = None,
         image_key: str | int | None = None,
         transform: Callable[[Any], torch.Tensor] | None = None,
+        reference_id: str | None = None,
         prefix: str = "",
         names: dict[str, str] | None = None,
         kid_subsets: int = 100,
@@ -141,11 +148,12 @@ class GenerativeMetrics(Callback):
             extractors={"features": feature_extractor, "cmmd": cmmd_extractor}, num_samples=num_samples,
             batch_size=batch_size, seed=seed, input_range=input_range,
             real_options=RealOptions(input_range=real_input_range if real_input_range is not None else input_range,
-                                     batch_size=batch_size, num_real=num_real, image_key=image_key, transform=transform),
+                                     batch_size=batch_size, num_real=num_real, image_key=image_key, transform=transform,
+                                     range_check=range_check, reference_id=reference_id),
             kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, cmmd_sigma=cmmd_sigma, cmmd_scale=cmmd_scale,
             conditions=conditions, sample_autocast=sample_autocast,
             cache=StatsCache(cache_dir or default_cache_root() / "stats") if use_cache else None,
-            grid_size=log_images, progress=progress, dry_run_samples=dry_run_samples,
+            grid_size=log_images, progress=progress, dry_run_samples=dry_run_samples, range_check=range_check,
         )  # fmt: skip
         default_epochs = 1 if every_n_epochs is None and every_n_steps is None else every_n_epochs
         self.cadence = Cadence(default_epochs, every_n_steps)
@@ -351,16 +359,34 @@ class GenerativeMetrics(Callback):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"history": self.history, "best": self.best, "seed": self.seed, "num_samples": self.num_samples,
+                "metrics": list(self.metrics),
                 "real_key": self.reference.key if self.reference is not None else None}  # fmt: skip
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._history.replace(state_dict.get("history", []))
-        self.best = state_dict.get("best")
-        self.evaluator.seed = state_dict.get("seed", self.seed)  # same noise as before the interruption
+        """Restore history, best value and the noise seed; conflicts with the constructor warn."""
+        history = state_dict.get("history", [])
+        if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+            raise ValueError(
+                f"GenerativeMetrics checkpoint state: 'history' must be a list of dicts, got {history!r:.80}"
+            )
+        best = state_dict.get("best")
+        if best is not None and not isinstance(best, (int, float)):
+            raise ValueError(f"GenerativeMetrics checkpoint state: 'best' must be a number or None, got {best!r:.80}")
+        seed = state_dict.get("seed", self.seed)
+        if not isinstance(seed, int):
+            raise ValueError(f"GenerativeMetrics checkpoint state: 'seed' must be an integer, got {seed!r:.80}")
+        if seed != self.seed:
+            rank_zero_warn(f"GenerativeMetrics: the checkpoint's seed={seed} wins over seed={self.seed}, so resumed "
+                           "evaluations draw the same fixed noise as before the interruption")  # fmt: skip
+        saved_metrics = tuple(state_dict.get("metrics", self.metrics))
+        if saved_metrics != self.metrics:
+            rank_zero_warn(f"GenerativeMetrics: the checkpoint evaluated {saved_metrics}; metrics={self.metrics} from "
+                           "the constructor wins, so the history mixes both")  # fmt: skip
         saved_n = state_dict.get("num_samples", self.num_samples)
         if saved_n != self.num_samples:
-            rank_zero_warn(
-                f"resuming with num_samples={self.num_samples} but the checkpoint used {saved_n}: "
-                "values before and after are not comparable"
-            )
+            rank_zero_warn(f"GenerativeMetrics: resuming with num_samples={self.num_samples} (the constructor wins) but "
+                           f"the checkpoint used {saved_n}: values before and after are not comparable")  # fmt: skip
+        self._history.replace(history)
+        self.best = best
+        self.evaluator.seed = seed

@@ -145,12 +145,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_args(args: argparse.Namespace) -> None:
+    """Every argument, before any computation or weights loading."""
+    for name, least in (("kid_subsets", 1), ("kid_subset_size", 2), ("batch_size", 1), ("num", 2)):
+        value = getattr(args, name, None)
+        if value is not None and value < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
+    if getattr(args, "metrics", None) is not None:
+        registry.check_metric_names(m.strip() for m in args.metrics.split(",") if m.strip())
+    if getattr(args, "device", None) is not None:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as exc:
+            raise ValueError(f"--device {args.device!r} is not a torch device ({exc})") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device} but CUDA is not available here; use --device cpu")
+    output = getattr(args, "output", None)
+    if output is not None and not str(output).endswith(".npz"):
+        raise ValueError(f"-o {output}: statistics files end in .npz")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; user errors print one line and exit with status 2."""
     args = build_parser().parse_args(argv)
     try:
+        _check_args(args)
         return args.func(args)
-    except (WeightsError, ValueError, FileNotFoundError) as exc:
-        print(f"lightning-fid {args.command}: error: {exc}", file=sys.stderr)
+    except (WeightsError, ValueError, OSError) as exc:  # FileNotFoundError and permissions are OSErrors
+        message = " ".join(str(exc).split())
+        print(f"lightning-fid {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

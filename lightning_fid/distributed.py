@@ -7,6 +7,9 @@ code path serves one GPU and many nodes. Every rank must call these functions in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.distributed as dist
 
@@ -88,10 +91,36 @@ def gather_in_order(features: torch.Tensor, index: torch.Tensor, group: Group = 
     return order_by_index(feats, idx)
 
 
+def all_reduce_max(values: list[float], device: torch.device | str = "cpu", group: Group = None) -> list[float]:
+    """The maximum of each value over all ranks (one all-reduce; every rank must call it)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=group)
+    return [float(v) for v in tensor.tolist()]
+
+
 def any_rank(flag: bool, device: torch.device | str = "cpu", group: Group = None) -> bool:
     """True if ``flag`` is set on any rank (one tiny all-reduce; every rank must call it)."""
     (total,) = all_reduce_packed([torch.tensor([float(flag)], device=device)], group)
     return bool(total.item() > 0)
+
+
+@contextmanager
+def agreed(what: str, device: torch.device | str = "cpu", group: Group = None) -> Iterator[None]:
+    """Run this rank's local work; if it fails on any rank, fail on every rank.
+
+    A rank that raised would otherwise leave the others waiting forever in the next collective.
+    Every rank must enter and leave the block (one tiny all-reduce at the end).
+    """
+    error: BaseException | None = None
+    try:
+        yield
+    except Exception as exc:  # re-raised below, after the other ranks learned of it
+        error = exc
+    if any_rank(error is not None, device, group):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"{what} failed on another rank (see that rank's error); stopping this one too")
 
 
 def barrier(group: Group = None) -> None:

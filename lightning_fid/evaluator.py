@@ -18,7 +18,7 @@ from torch import nn
 
 from lightning_fid import registry
 from lightning_fid.cache import StatsCache
-from lightning_fid.distributed import rank_and_world
+from lightning_fid.distributed import agreed, rank_and_world
 from lightning_fid.hygiene import preserved_rng
 from lightning_fid.images import InputRange, parse_range
 from lightning_fid.pipeline import Slot, build_slots, dry_run, sample_and_extract
@@ -58,6 +58,7 @@ class Evaluator:
     grid_size: int = 16
     progress: bool = True
     dry_run_samples: int | None = None
+    range_check: bool = True
     slots: list[Slot] = field(default_factory=list)
     reference: Reference | None = None
 
@@ -109,9 +110,10 @@ class Evaluator:
         with torch.inference_mode(False), torch.no_grad(), preserved_rng():
             for slot in self.slots:
                 slot.module.to(device)
-            dry_run(make_sampler(self.sample_fn, module), module, self.slots, num_samples=self.dry_run_samples,
-                    seed=self.seed, input_range=self.input_range, device=device, conditions=self.conditions,
-                    sample_autocast=self.sample_autocast)  # fmt: skip
+            with agreed("the dry run", device):  # no rank may go on to the reference pass alone
+                dry_run(make_sampler(self.sample_fn, module), module, self.slots, num_samples=self.dry_run_samples,
+                        seed=self.seed, input_range=self.input_range, device=device, conditions=self.conditions,
+                        sample_autocast=self.sample_autocast, range_check=self.range_check)  # fmt: skip
             reference = resolve_reference(self.real, self.slots, self.real_options, device=device, cache=self.cache,
                                           named=named, known=known, progress=self._progress())  # fmt: skip
             registry.prepare_reference(self.metrics, reference.stats, self.metric_options)

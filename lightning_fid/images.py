@@ -8,6 +8,7 @@ the PNG: map the declared range to [0, 1], then ``floor(x * 255 + 0.5)`` clamped
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -49,36 +50,56 @@ def check_images(images: torch.Tensor, what: str = "images") -> None:
         raise ValueError(f"{what} is empty: shape {tuple(images.shape)}")
 
 
-def to_uint8(images: torch.Tensor, input_range: InputRange = (-1.0, 1.0), strict: bool = True) -> torch.Tensor:
+@dataclass(frozen=True)
+class Source:
+    """Whose images these are, for messages: what to call them and which option declares their range."""
+
+    what: str = "images"
+    option: str = "input_range"
+    hint: str = "what the generator outputs (e.g. (-1, 1) for tanh, (0, 1) for sigmoid)"
+
+
+GENERATED = Source(
+    "generated images", "input_range", "what the generator outputs (e.g. (-1, 1) for tanh, (0, 1) for sigmoid)"
+)
+REAL = Source("real data", "real_input_range", "the range of your real images (e.g. (0, 1) after ToTensor)")
+
+
+def to_uint8(
+    images: torch.Tensor, input_range: InputRange = (-1.0, 1.0), strict: bool = True, source: Source = GENERATED
+) -> torch.Tensor:
     """Convert NCHW images in ``input_range`` to uint8 RGB NCHW, as saving a PNG would.
 
     - 1-channel images are repeated to 3 channels; 2 or 4 channels are an error.
     - NaN/inf raise ValueError (the callback turns that into a NaN metric with a warning).
     - Values outside the range are clamped, like a PNG writer does. If they overshoot by more than
       ``RANGE_TOLERANCE`` of the range's width, ``strict`` raises (the range is probably wrong, e.g.
-      (0, 1) output declared as (-1, 1)); otherwise a warning is issued.
+      (0, 255) output declared as (-1, 1)); otherwise a warning is issued.
+    ``source`` names the images and their range option in messages.
     """
-    check_images(images)
+    check_images(images, source.what)
     bounds = parse_range(input_range)
     if images.dtype == torch.uint8:
         if bounds not in (None, (0.0, 255.0)):
-            raise ValueError(f"got uint8 images but input_range={input_range!r}; declare input_range='uint8'")
+            raise ValueError(
+                f"{source.what}: got uint8 images but {source.option}={input_range!r}; declare {source.option}='uint8'"
+            )
         out = images
     else:
         if bounds is None:
-            raise ValueError(f"input_range='uint8' but images have dtype {images.dtype}")
+            raise ValueError(f"{source.what}: {source.option}='uint8' but the images have dtype {images.dtype}")
         if not images.is_floating_point():
-            raise ValueError(f"images must be floating point or uint8, got {images.dtype}")
+            raise ValueError(f"{source.what} must be floating point or uint8, got {images.dtype}")
         finite = torch.isfinite(images)
         if not bool(finite.all()):
-            raise ValueError(f"images contain {int((~finite).sum())} non-finite values (NaN or inf)")
+            raise ValueError(f"{source.what} contain {int((~finite).sum())} non-finite values (NaN or inf)")
         low, high = bounds
         lo_seen, hi_seen = float(images.min()), float(images.max())
         slack = RANGE_TOLERANCE * (high - low)
         if lo_seen < low - slack or hi_seen > high + slack:
             message = (
-                f"images span [{lo_seen:.4g}, {hi_seen:.4g}] but input_range is ({low:g}, {high:g}); "
-                "set input_range to what the generator outputs (e.g. (-1, 1) for tanh, (0, 1) for sigmoid)"
+                f"{source.what} span [{lo_seen:.4g}, {hi_seen:.4g}] but {source.option} is ({low:g}, {high:g}); "
+                f"set {source.option} to {source.hint}"
             )
             if strict:
                 raise ValueError(message)
@@ -88,3 +109,25 @@ def to_uint8(images: torch.Tensor, input_range: InputRange = (-1.0, 1.0), strict
     if out.shape[1] == 1:
         out = out.expand(-1, 3, -1, -1)
     return out.contiguous()
+
+
+def check_fill(lo: float, hi: float, input_range: InputRange, source: Source = GENERATED) -> None:
+    """Refuse data that fills only the upper half of its declared float range: the signature of [0, 1]
+    images (``ToTensor``, a sigmoid) declared as (-1, 1), which would silently shift every feature.
+
+    Data reaching below the middle, or staying close to it (``hi`` under a quarter of the width above
+    the middle, as a fresh generator's output may), passes. Set ``range_check=False`` to silence it
+    for an unusual but correct range.
+    """
+    bounds = parse_range(input_range)
+    if bounds is None:
+        return
+    low, high = bounds
+    width = high - low
+    middle = low + width / 2
+    if lo >= middle - 0.01 * width and hi >= middle + 0.25 * width:
+        raise ValueError(
+            f"{source.what} span [{lo:.4g}, {hi:.4g}], only the upper half of {source.option}=({low:g}, {high:g}): "
+            f"set {source.option}=({middle:g}, {high:g}) if that is their range (e.g. (0, 1) images declared "
+            "(-1, 1)), or range_check=False if the declared range is right"
+        )

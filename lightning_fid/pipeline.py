@@ -10,6 +10,7 @@ kept set, so the result is identical for any number of processes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,10 +19,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lightning_fid.distributed import Group, all_reduce_packed, any_rank, rank_and_world
+from lightning_fid.distributed import Group, agreed, all_reduce_max, all_reduce_packed, any_rank, rank_and_world
 from lightning_fid.extractors.base import ExtractorInfo, Frozen, describe, run_extractor
 from lightning_fid.hygiene import full_precision, sampling_precision
-from lightning_fid.images import InputRange, to_uint8
+from lightning_fid.images import GENERATED, REAL, InputRange, check_fill, to_uint8
 from lightning_fid.real import RealOptions, RealSource
 from lightning_fid.registry import SLOTS, slot_needs
 from lightning_fid.reporting import image_grid
@@ -157,12 +158,24 @@ def extract_real(
     rank, world = rank_and_world()
     acc = Accumulator(slots, device)
     n_batches = len(range(rank * options.batch_size, num, world * options.batch_size))
-    with tqdm(total=n_batches, desc=desc, disable=not (progress and rank == 0), leave=False) as bar, full_precision():
-        for index, images in source.batches(num, options.batch_size, rank, world, options.image_key, options.transform):
-            declared = "uint8" if images.dtype == torch.uint8 else options.input_range
-            acc.add(to_uint8(images, declared, strict=True).to(device), index)
-            bar.update(1)
-        return acc.finish()
+    span = [-math.inf, -math.inf]  # [-min, max] of float images, for the range check
+    bar = tqdm(total=n_batches, desc=desc, disable=not (progress and rank == 0), leave=False)
+    with full_precision():
+        with agreed("reading the real data", device):
+            for index, images in source.batches(num, options.batch_size, rank, world, options.image_key,
+                                                options.transform):  # fmt: skip
+                declared = "uint8" if images.dtype == torch.uint8 else options.input_range
+                if images.dtype != torch.uint8 and images.numel():
+                    span = [max(span[0], -float(images.min())), max(span[1], float(images.max()))]
+                acc.add(to_uint8(images, declared, strict=True, source=REAL).to(device), index)
+                bar.update(1)
+        bar.close()
+        stats = acc.finish()
+    neg_lo, hi = all_reduce_max(span, device)
+    if math.isfinite(hi):
+        for entry in stats.values():
+            entry.metadata["input_span"] = [-neg_lo, hi]
+    return stats
 
 
 @dataclass
@@ -201,7 +214,7 @@ def sample_and_extract(
     bad = False
     acc = Accumulator(slots, device)
     bar = tqdm(total=len(batches), desc="lightning_fid: sampling", disable=not (progress and rank == 0), leave=False)
-    with sampling_precision(sample_autocast, device):
+    with agreed("sampling the generator", device), sampling_precision(sample_autocast, device):
         for batch, images in generate(sampler, module, batches, seed, conditions):
             bar.update(1)
             with full_precision():
@@ -223,7 +236,7 @@ def sample_and_extract(
 def dry_run(
     sampler: Sampler, module: nn.Module, slots: list[Slot], *, num_samples: int, seed: int,
     input_range: InputRange, device: torch.device, conditions: Sequence[Any] | None = None,
-    sample_autocast: torch.dtype | None = None,
+    sample_autocast: torch.dtype | None = None, range_check: bool = True,
 ) -> None:  # fmt: skip
     """Run the whole chain once, on this rank only, at ``num_samples`` (use the real batch size, so
     problems a full batch reveals show up): shapes, ranges, extractors. Nothing is communicated.
@@ -234,7 +247,9 @@ def dry_run(
         with sampling_precision(sample_autocast, device):
             (_, images), *_ = list(generate(sampler, module, plan(num_samples, num_samples), seed, conditions))
         with full_precision():
-            u8 = to_uint8(images.detach(), input_range, strict=True)
+            u8 = to_uint8(images.detach(), input_range, strict=True, source=GENERATED)
+            if range_check and images.dtype != torch.uint8:
+                check_fill(float(images.min()), float(images.max()), input_range, GENERATED)
     except ValueError as exc:
         raise ValueError(f"GenerativeMetrics dry run: {exc}") from exc
     with full_precision():

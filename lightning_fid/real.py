@@ -34,6 +34,9 @@ class RealOptions:
         num_real: use the first ``num_real`` samples (None: all), each once across ranks.
         image_key: which entry of dict / tuple batches holds the images.
         transform: ``transform(batch) -> images`` when batches need more than picking an entry.
+        range_check: refuse float images that fill only the upper half of ``input_range``.
+        reference_id: your name for this exact real data and its reading (transform included): the
+            cache key uses it instead of inspecting the data, e.g. when ``transform`` is a lambda.
     """
 
     input_range: InputRange = (-1.0, 1.0)
@@ -41,6 +44,8 @@ class RealOptions:
     num_real: int | None = None
     image_key: str | int | None = None
     transform: Callable[[Any], torch.Tensor] | None = None
+    range_check: bool = True
+    reference_id: str | None = None
 
     def __post_init__(self) -> None:
         parse_range(self.input_range)
@@ -84,13 +89,35 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """uint8 (3, H, W) RGB; unreadable files raise an error naming them."""
+    """uint8 (3, H, W) RGB from any 8- or 16-bit image Pillow reads; files that are not, or that no
+    8-bit RGB can represent faithfully, raise an error naming them.
+
+    Palette, grey, CMYK, YCbCr and 1-bit images are converted by Pillow; an alpha channel is dropped
+    (as pytorch-fid, torch-fidelity and clean-fid do). 16-bit grey is scaled to 8 bits (x * 255 /
+    65535, rounded) where Pillow's own conversion would clip it at 255. 32-bit integer and float
+    images (modes I, F) are refused: they carry no white level to scale from.
+    """
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+            im.load()
+            arr = _rgb8(im, path)
+    except ValueError:
+        raise
     except Exception as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+
+
+def _rgb8(im: Image.Image, path: Path) -> np.ndarray:
+    if im.mode == "F":
+        raise ValueError(f"{path}: 32-bit float image (mode F); save it as 8- or 16-bit to use it")
+    if im.mode == "I":  # 32-bit integers: no known white level to scale from
+        raise ValueError(f"{path}: 32-bit integer image (mode I); save it as 8- or 16-bit to use it")
+    if im.mode.startswith("I;16"):
+        values = np.asarray(im).astype(np.float64)
+        grey = np.floor(values * (255.0 / 65535.0) + 0.5).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
 
 
 class ImageFolder(Dataset):

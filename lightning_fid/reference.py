@@ -10,6 +10,8 @@ All ranks agree on the cache decision before anyone starts the collective real p
 from __future__ import annotations
 
 import os
+import uuid
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,9 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_fid.cache import StatsCache, cache_key
+from lightning_fid.cache import StatsCache, cache_key, stable_identity
 from lightning_fid.distributed import any_rank, barrier, rank_and_world
+from lightning_fid.images import REAL, check_fill
 from lightning_fid.pipeline import Slot, extract_real
 from lightning_fid.real import RealOptions, RealSource, count_available
 from lightning_fid.stats import Statistics, load_statistics
@@ -115,17 +118,10 @@ def _from_data(
 ) -> Reference:
     source = RealSource(data)
     num = count_available(source, options.num_real, options.image_key, options.transform)
-    key = cache_key(
-        slots=[
-            (s.name, s.info.name, s.info.fingerprint, str(s.info.input_range), s.moments, s.keep_features)
-            for s in slots
-        ],  # fmt: skip
-        real_input_range=str(options.input_range),
-        transform=repr(options.transform),
-        image_key=options.image_key,
-        num_real=num,
-        data=source.fingerprint(num, options.image_key, options.transform),
-    )
+    key = _key(source, num, slots, options)
+    if key is None:
+        cache = None
+        key = f"uncached-{uuid.uuid4().hex}"
     if key in known:  # another callback already read the same data with the same extractors
         return known[key]
     stats = _load_cached(cache, key, slots, device)
@@ -134,7 +130,35 @@ def _from_data(
     if any_rank(stats is None, device):
         stats = extract_real(source, num, slots, options, device, progress=progress)
         _save_cached(cache, key, stats)
+    span = next(iter(stats.values())).metadata.get("input_span")
+    if options.range_check and span is not None:  # also for cached statistics: the span is stored with them
+        check_fill(span[0], span[1], options.input_range, REAL)
     return Reference(stats, key)
+
+
+def _key(source: RealSource, num: int, slots: list[Slot], options: RealOptions) -> str | None:
+    """Everything that determines the statistics, hashed; None when some part has no stable identity."""
+    slot_parts = [(s.name, s.info.name, s.info.fingerprint, s.info.config, str(s.info.input_range), s.moments,
+                   s.keep_features) for s in slots]  # fmt: skip
+    common = dict(
+        slots=slot_parts, real_input_range=str(options.input_range), image_key=options.image_key, num_real=num
+    )
+    if options.reference_id is not None:
+        return cache_key(reference_id=options.reference_id, **common)
+    transform = stable_identity(options.transform)
+    collate = stable_identity(source.collate_fn)
+    if transform is None or collate is None:
+        what = "transform" if transform is None else "the loader's collate_fn"
+        if rank_and_world()[0] == 0:
+            warnings.warn(
+                f"the reference statistics are not cached: {what} has no stable identity (a lambda or closure), so "
+                "a cached file could not be told from a stale one; pass reference_id='...' (a name you change "
+                "whenever the real data or its reading changes) to cache them",
+                stacklevel=4,
+            )
+        return None
+    data = source.fingerprint(num, options.image_key, options.transform)
+    return cache_key(transform=transform, collate=collate, data=data, **common)
 
 
 def _load_cached(
@@ -155,6 +179,10 @@ def _save_cached(cache: StatsCache | None, key: str, stats: dict[str, Statistics
     if cache is None:
         return
     if rank_and_world()[0] == 0:
-        for name, entry in stats.items():
-            cache.save(f"{key}-{name}", entry)
+        try:
+            for name, entry in stats.items():
+                cache.save(f"{key}-{name}", entry)
+        except OSError as exc:  # read-only or full disk, a file where the folder should be
+            warnings.warn(f"cannot write the statistics cache in {cache.root} ({exc}); continuing without it",
+                          stacklevel=4)  # fmt: skip
     barrier()

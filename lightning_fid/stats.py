@@ -34,6 +34,12 @@ def _float64(x: ArrayLike | None) -> torch.Tensor | None:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float64)
 
 
+def _count(value: np.ndarray, source: str) -> int:
+    if value.shape != () or value.dtype.kind not in "iuf" or float(value) != int(value):
+        raise ValueError(f"{source}: n must be one integer sample count, got {value!r}")
+    return int(value)
+
+
 @dataclass
 class Statistics:
     """One sample set's statistics for one extractor, identical on every rank once merged.
@@ -92,7 +98,10 @@ class Statistics:
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], source: str = "statistics") -> Statistics:
         """Inverse of :meth:`to_arrays`; ``source`` names the file in errors."""
-        n = int(arrays["n"]) if "n" in arrays else None
+        for name in ("mu", "sigma", "features"):
+            if name in arrays and arrays[name].dtype.kind not in "iuf":
+                raise ValueError(f"{source}: {name} must hold real numbers, got dtype {arrays[name].dtype}")
+        n = _count(arrays["n"], source) if "n" in arrays else None
         metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
         stats = cls(arrays.get("mu"), arrays.get("sigma"), n, arrays.get("features"), metadata)
         if stats.has_moments and (stats.mu.ndim != 1 or stats.sigma.shape != (stats.dim, stats.dim)):
@@ -124,7 +133,29 @@ def load_statistics(path: str | os.PathLike) -> Statistics:
     if "mu" not in arrays or "sigma" not in arrays:
         raise ValueError(f"{path} holds {sorted(arrays)}, but a statistics file needs 'mu' and 'sigma'")
     arrays.pop("features", None)  # a statistics file is moments; kept features live in the cache only
-    return Statistics.from_arrays(arrays, source=str(path))
+    stats = Statistics.from_arrays(arrays, source=str(path))
+    validate_statistics(stats, str(path))
+    return stats
+
+
+def validate_statistics(stats: Statistics, source: str) -> None:
+    """Refuse statistics no covariance can have, naming ``source``: a count below 2 or not an integer,
+    non-finite values, an asymmetric or non-positive-semi-definite covariance (beyond rounding)."""
+    from lightning_fid.metrics.fid import check_psd_eigenvalues, check_symmetric
+
+    try:
+        if stats.n is not None and stats.n < 2:
+            raise ValueError(f"n = {stats.n}: statistics need at least 2 samples")
+        if not stats.has_moments:
+            return
+        for name, tensor in (("mu", stats.mu), ("sigma", stats.sigma)):
+            check_finite(tensor, name)
+        check_symmetric(stats.sigma, "sigma")
+        symmetric = (stats.sigma + stats.sigma.T) / 2
+        if int(torch.linalg.cholesky_ex(symmetric)[1]) != 0:  # not positive definite: look closer
+            check_psd_eigenvalues(torch.linalg.eigvalsh(symmetric), "sigma")
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
 
 
 class FeatureMoments:

@@ -57,7 +57,7 @@ def test_sigma_and_scale_are_used(rng):
     base = cmmd(x, y)
     assert cmmd(x, y, scale=1.0) == pytest.approx(base / 1000, rel=1e-12)
     assert cmmd(x, y, sigma=1.0) != pytest.approx(base, rel=1e-3)
-    with pytest.raises(ValueError, match="sigma must be positive"):
+    with pytest.raises(ValueError, match="sigma must be a positive finite number"):
         cmmd(x, y, sigma=0.0)
 
 

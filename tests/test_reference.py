@@ -132,7 +132,7 @@ def test_npz_file_serves_fid_only_and_unknown_count_is_none(tmp_path):
         (TensorDataset(real_images(9)), RealOptions(batch_size=5, num_real=20), "holds only 9 samples"),
         ("val", OPTIONS, "only the callback can reach"),
         (42, OPTIONS, "real data must be a DataLoader"),
-        (TensorDataset(real_images(9) * 3), OPTIONS, "set input_range"),
+        (TensorDataset(real_images(9) * 3), OPTIONS, "real data span .* set real_input_range"),
     ],
 )
 def test_refusals_name_the_problem(real, options, match):

@@ -41,6 +41,7 @@ class ExtractorInfo:
     feature_dim: int
     input_range: InputRange
     fingerprint: str  # hash of weights (or of the published file) for cache keys
+    config: str = ""  # hash of the module's configuration (its repr: layers, sizes, options)
 
 
 class AlwaysEval(nn.Module):
@@ -96,7 +97,8 @@ def describe(module: nn.Module, probe_size: int = 32) -> ExtractorInfo:
         probe = torch.zeros(2, 3, probe_size, probe_size, dtype=torch.uint8, device=device)
         out = run_extractor(module, probe, input_range)
         dim = out.shape[1]
-    return ExtractorInfo(str(name), int(dim), input_range, weights_fingerprint(inner))
+    config = hashlib.sha256(repr(inner).encode()).hexdigest()[:16]
+    return ExtractorInfo(str(name), int(dim), input_range, weights_fingerprint(inner), config)
 
 
 def run_extractor(module: nn.Module, images_uint8: torch.Tensor, input_range: InputRange) -> torch.Tensor:

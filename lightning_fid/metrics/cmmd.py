@@ -8,6 +8,8 @@ in [e^-0.02, 1] for unit-norm embeddings, so the result is a small difference of
 
 from __future__ import annotations
 
+import math
+
 from lightning_fid._validation import ArrayLike, as_features, check_same_dim
 from lightning_fid.distributed import Group
 from lightning_fid.metrics.kernels import gaussian_kernel, pair_sums
@@ -27,8 +29,10 @@ def cmmd(
     a = as_features(x, "x", min_samples=1)
     b = as_features(y, "y", min_samples=1)
     check_same_dim(a, b, "x", "y")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
     (xx, _), (yy, _), (xy, _) = pair_sums(
         [(a, a, True), (b.to(a.device), b.to(a.device), True), (a, b.to(a.device), False)],
         gaussian_kernel(sigma),

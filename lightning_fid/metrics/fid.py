@@ -31,11 +31,39 @@ def _statistic(x: ArrayLike, name: str, ndim: int, device: torch.device | None) 
     return t.to(device=device, dtype=torch.float64)
 
 
-def sqrtm_psd(sigma: ArrayLike) -> torch.Tensor:
-    """Symmetric PSD square root of a covariance via ``eigh`` (tiny negative eigenvalues clamped to 0)."""
-    s = _statistic(sigma, "sigma", 2, None)
+#: relative tolerance for "symmetric" and "positive semi-definite": covariances saved in float32
+#: (EDM, some pytorch-fid files) carry rounding of about 1e-7 of their largest entry.
+PSD_TOLERANCE = 1e-5
+
+
+def check_symmetric(s: torch.Tensor, name: str) -> None:
+    """Raise unless ``s`` is symmetric within :data:`PSD_TOLERANCE` of its largest entry."""
+    scale = float(s.abs().max())
+    asymmetry = float((s - s.T).abs().max())
+    if asymmetry > PSD_TOLERANCE * scale:
+        raise ValueError(
+            f"{name} is not symmetric (max |S - S^T| = {asymmetry:.3g}, largest entry {scale:.3g}): not a covariance"
+        )
+
+
+def check_psd_eigenvalues(eigenvalues: torch.Tensor, name: str) -> None:
+    """Raise if an eigenvalue is negative beyond rounding (a covariance is positive semi-definite)."""
+    scale = float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0
+    smallest = float(eigenvalues.min()) if eigenvalues.numel() else 0.0
+    if smallest < -PSD_TOLERANCE * scale:
+        raise ValueError(
+            f"{name} is not positive semi-definite (eigenvalue {smallest:.3g}, largest {scale:.3g}): not a covariance"
+        )
+
+
+def sqrtm_psd(sigma: ArrayLike, name: str = "sigma") -> torch.Tensor:
+    """Symmetric PSD square root of a covariance via ``eigh`` (negative rounding clamped to 0; a
+    negative eigenvalue beyond rounding raises)."""
+    s = _statistic(sigma, name, 2, None)
+    check_symmetric(s, name)
     s = (s + s.T) / 2
     w, v = torch.linalg.eigh(s)
+    check_psd_eigenvalues(w, name)
     return (v * w.clamp(min=0).sqrt()) @ v.T
 
 
@@ -43,6 +71,7 @@ def reference_factor(sigma: ArrayLike) -> torch.Tensor:
     """A factor F with F F^T = sigma, to cache per reference set: lower Cholesky if positive definite,
     else the symmetric PSD root (singular covariances, e.g. fewer samples than dimensions)."""
     s = _statistic(sigma, "sigma", 2, None)
+    check_symmetric(s, "sigma")
     s = (s + s.T) / 2
     factor, info = torch.linalg.cholesky_ex(s)
     return factor if int(info) == 0 else sqrtm_psd(s)
@@ -81,19 +110,28 @@ def frechet_distance(
     for name, t in (("sigma1", s1), ("mu2", m2), ("sigma2", s2)):
         if t.shape[0] != d:
             raise ValueError(f"dimension mismatch: mu1 has {d} features but {name} has shape {tuple(t.shape)}")
+    check_symmetric(s1, "sigma1")
     if sigma1_sqrt is None:
-        factor = sqrtm_psd(s1)
+        factor = sqrtm_psd(s1, "sigma1")
     else:
         factor = _statistic(sigma1_sqrt, "sigma1_sqrt", 2, device)
         if factor.shape[0] != d:
             raise ValueError(f"sigma1_sqrt has shape {tuple(factor.shape)}, expected ({d}, {d})")
-    # eigvalsh reads one triangle only: symmetric up to rounding is all it needs.
-    eig = torch.linalg.eigvalsh(_congruence(factor, s2.contiguous())).clamp(min=0)
+    check_symmetric(s2, "sigma2")
+    # eigvalsh reads one triangle only: symmetric up to rounding is all it needs. F^T S2 F has the
+    # inertia of S2 (F invertible), so a negative eigenvalue beyond rounding means S2 is not PSD.
+    eig = torch.linalg.eigvalsh(_congruence(factor, s2.contiguous()))
+    check_psd_eigenvalues(eig, "sigma2")
     diff = m1 - m2
-    fid = diff.dot(diff) + torch.trace(s1) + torch.trace(s2) - 2 * eig.sqrt().sum()
+    traces = torch.trace(s1) + torch.trace(s2)
+    fid = diff.dot(diff) + traces - 2 * eig.clamp(min=0).sqrt().sum()
     value = float(fid)
     if value != value:  # NaN cannot come from finite inputs, but never return one silently
         raise FloatingPointError("FID evaluated to NaN from finite statistics; please report this as a bug")
+    if value < 0:  # equal distributions: a difference of equal large numbers, rounded
+        if value < -1e-9 * max(1.0, float(traces)):
+            raise FloatingPointError(f"FID evaluated to {value:.3g} < 0 beyond rounding; please report this as a bug")
+        value = 0.0
     return value
 
 

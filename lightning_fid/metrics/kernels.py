@@ -69,7 +69,16 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 def _block_sums(kernel: Kernel, x: Any, y: Any, same: bool, xp: ModuleType) -> tuple[Any, Any]:
-    """(sum of k(x_i, y_j), sum of the diagonal if ``same``) for one pair of row blocks."""
+    """(sum of k(x_i, y_j), sum of the diagonal if ``same``) for one pair of row blocks. A float32
+    block whose kernel values overflow is recomputed in float64, never summed to inf."""
+    total, diagonal = _block_sums_in(kernel, x, y, same, xp)
+    if not bool(xp.isfinite(xp.asarray(total))) and x.dtype != xp.float64:
+        total, diagonal = _block_sums_in(kernel, x.astype(xp.float64) if xp is np else x.double(),
+                                         y.astype(xp.float64) if xp is np else y.double(), same, xp)  # fmt: skip
+    return total, diagonal
+
+
+def _block_sums_in(kernel: Kernel, x: Any, y: Any, same: bool, xp: ModuleType) -> tuple[Any, Any]:
     g = x @ (x if same else y).T  # x @ x.T: syrk on the CPU
     x_sq = y_sq = None
     if kernel.needs_norms:  # type: ignore[attr-defined]
