@@ -146,6 +146,11 @@ class DigitsGAN(pl.LightningModule):
         )
 
 
+# FID / KID / MMD on the digits encoder, plus precision / recall (k=3) and density / coverage (k=5)
+# on the same features: fidelity and diversity separately.
+METRICS = ("fid", "kid", "cmmd", "precision", "recall", "density", "coverage")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fast", action="store_true", help="a short run (about a minute), for tests")
@@ -163,11 +168,11 @@ def main(argv: list[str] | None = None) -> dict:
     images, _ = digits()
     loader = DataLoader(TensorDataset(images), batch_size=64, shuffle=True, drop_last=True)
     if args.standard_extractors:
-        extractors = dict(metrics=("fid", "kid", "cmmd"))  # defaults: InceptionV3() and CLIP()
+        extractors = dict(metrics=METRICS)  # defaults: InceptionV3() and CLIP()
     else:
         encoder = train_encoder(out / "digits_encoder.pt", epochs=3 if args.fast else 6)
         extractors = dict(
-            metrics=("fid", "kid", "cmmd"), feature_extractor=encoder, cmmd_extractor=UnitNorm(encoder),
+            metrics=METRICS, feature_extractor=encoder, cmmd_extractor=UnitNorm(encoder),
             names={"cmmd": "mmd"}, cmmd_sigma=1.0,
         )  # fmt: skip
     metrics = GenerativeMetrics(
@@ -184,11 +189,11 @@ def main(argv: list[str] | None = None) -> dict:
     trainer.fit(DigitsGAN(), loader)
 
     mmd_key = "cmmd"
-    print(f"\n{'epoch':>5} {'fid':>10} {'kid':>10} {metrics.names.get(mmd_key, mmd_key):>10} {'eval s':>8}")
+    columns = ("fid", "kid", mmd_key, "precision", "recall", "density", "coverage")
+    header = " ".join(f"{metrics.names.get(c, c):>9}" for c in columns)
+    print(f"\n{'epoch':>5} {header} {'eval s':>7}")
     for row in metrics.history:
-        print(
-            f"{row['epoch']:>5} {row['fid']:>10.4f} {row['kid']:>10.5f} {row[mmd_key]:>10.4f} {row['eval_seconds']:>8.2f}"
-        )
+        print(f"{row['epoch']:>5} " + " ".join(f"{row[c]:>9.4f}" for c in columns) + f" {row['eval_seconds']:>7.2f}")
     first, best = metrics.history[0]["fid"], min(r["fid"] for r in metrics.history)
     print(f"\nFID: first evaluation {first:.4f} -> best {best:.4f} ({100 * (1 - best / first):.0f}% lower)")
     print(f"TensorBoard logs: {logger.log_dir}   (tensorboard --logdir {out})")

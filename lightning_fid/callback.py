@@ -20,7 +20,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from typing_extensions import override
@@ -30,7 +29,7 @@ from lightning_fid.averaging import WeightsChoice, evaluate_weights, raw_snapsho
 from lightning_fid.cache import StatsCache
 from lightning_fid.evaluator import Evaluator
 from lightning_fid.extractors.weights import cache_dir as default_cache_root
-from lightning_fid.history import History
+from lightning_fid.history import History, restore_state
 from lightning_fid.images import InputRange
 from lightning_fid.monitors import check_monitors
 from lightning_fid.real import RealOptions
@@ -63,9 +62,11 @@ class GenerativeMetrics(Callback):
             ``index`` (int64 global sample indices of the batch) and ``conditions`` (the batch's
             slice of ``conditions``). Optional if the LightningModule defines
             ``sample_images(batch_size, generator[, index=][, conditions=])``.
-        metrics: names from the metric table, any of ``("fid", "kid", "cmmd")``.
+        metrics: names from the metric table: ``"fid"``, ``"kid"``, ``"cmmd"``, ``"is"``, ``"precision"``,
+            ``"recall"``, ``"density"``, ``"coverage"``, ``"fid_inf"``, ``"fd_dinov2"``.
         feature_extractor: module for FID/KID features (default: :class:`InceptionV3`).
         cmmd_extractor: module for CMMD embeddings (default: :class:`CLIP`).
+        dinov2_extractor: module for FD-DINOv2 features (default: :class:`~lightning_fid.extractors.DINOv2`).
         num_samples: generated samples per evaluation (fixed noise, so evaluations are comparable).
         batch_size: sampling batch size (also the real-data batch size).
         seed: seed of the fixed noise (and of KID's subsets).
@@ -97,6 +98,10 @@ class GenerativeMetrics(Callback):
         kid_subset_size: samples per KID subset (torch-fidelity's 1000).
         cmmd_sigma: CMMD's kernel bandwidth (reference: 10).
         cmmd_scale: CMMD's output scale (reference: 1000).
+        is_splits: Inception Score splits over the fixed sample order (reference: 10).
+        pr_k: k of precision / recall (Kynkäänniemi et al.: 3).
+        dc_k: k of density / coverage (Naeem et al.: 5).
+        fid_inf_points: sample sizes of FID-infinity's fit (Chong & Forsyth: 15).
         cache_dir: where real statistics are cached (default: ``$LIGHTNING_FID_HOME/stats``).
         use_cache: False reads the real data at every fit.
         log_images: number of fixed-noise samples shown as a grid each evaluation (0: none).
@@ -114,6 +119,7 @@ class GenerativeMetrics(Callback):
         metrics: Sequence[str] = ("fid",),
         feature_extractor: nn.Module | None = None,
         cmmd_extractor: nn.Module | None = None,
+        dinov2_extractor: nn.Module | None = None,
         num_samples: int = 10_000,
         batch_size: int = 250,
         seed: int = 0,
@@ -135,6 +141,10 @@ class GenerativeMetrics(Callback):
         kid_subset_size: int = 1000,
         cmmd_sigma: float = 10.0,
         cmmd_scale: float = 1000.0,
+        is_splits: int = 10,
+        pr_k: int = 3,
+        dc_k: int = 5,
+        fid_inf_points: int = 15,
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
         log_images: int = 16,
@@ -145,12 +155,15 @@ class GenerativeMetrics(Callback):
         super().__init__()
         self.evaluator = Evaluator(
             real=real, metrics=metrics, sample_fn=sample_fn,
-            extractors={"features": feature_extractor, "cmmd": cmmd_extractor}, num_samples=num_samples,
+            extractors={"features": feature_extractor, "cmmd": cmmd_extractor, "dinov2": dinov2_extractor},
+            num_samples=num_samples,
             batch_size=batch_size, seed=seed, input_range=input_range,
             real_options=RealOptions(input_range=real_input_range if real_input_range is not None else input_range,
                                      batch_size=batch_size, num_real=num_real, image_key=image_key, transform=transform,
                                      range_check=range_check, reference_id=reference_id),
-            kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, cmmd_sigma=cmmd_sigma, cmmd_scale=cmmd_scale,
+            options=registry.MetricOptions(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed,
+                                           cmmd_sigma=cmmd_sigma, cmmd_scale=cmmd_scale, is_splits=is_splits,
+                                           pr_k=pr_k, dc_k=dc_k, fid_inf_points=fid_inf_points),
             conditions=conditions, sample_autocast=sample_autocast,
             cache=StatsCache(cache_dir or default_cache_root() / "stats") if use_cache else None,
             grid_size=log_images, progress=progress, dry_run_samples=dry_run_samples, range_check=range_check,
@@ -352,7 +365,8 @@ class GenerativeMetrics(Callback):
     def _record(self, trainer: pl.Trainer, values: dict[str, float]) -> None:
         self._history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values}, trainer)
         main = values.get(self.metrics[0], math.nan)
-        if not math.isnan(main) and (self.best is None or main < self.best):
+        lower = registry.METRICS[self.metrics[0]].lower_is_better
+        if not math.isnan(main) and (self.best is None or (main < self.best if lower else main > self.best)):
             self.best = main
 
     # ------------------------------------------------------------------ checkpointing
@@ -365,28 +379,6 @@ class GenerativeMetrics(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore history, best value and the noise seed; conflicts with the constructor warn."""
-        history = state_dict.get("history", [])
-        if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
-            raise ValueError(
-                f"GenerativeMetrics checkpoint state: 'history' must be a list of dicts, got {history!r:.80}"
-            )
-        best = state_dict.get("best")
-        if best is not None and not isinstance(best, (int, float)):
-            raise ValueError(f"GenerativeMetrics checkpoint state: 'best' must be a number or None, got {best!r:.80}")
-        seed = state_dict.get("seed", self.seed)
-        if not isinstance(seed, int):
-            raise ValueError(f"GenerativeMetrics checkpoint state: 'seed' must be an integer, got {seed!r:.80}")
-        if seed != self.seed:
-            rank_zero_warn(f"GenerativeMetrics: the checkpoint's seed={seed} wins over seed={self.seed}, so resumed "
-                           "evaluations draw the same fixed noise as before the interruption")  # fmt: skip
-        saved_metrics = tuple(state_dict.get("metrics", self.metrics))
-        if saved_metrics != self.metrics:
-            rank_zero_warn(f"GenerativeMetrics: the checkpoint evaluated {saved_metrics}; metrics={self.metrics} from "
-                           "the constructor wins, so the history mixes both")  # fmt: skip
-        saved_n = state_dict.get("num_samples", self.num_samples)
-        if saved_n != self.num_samples:
-            rank_zero_warn(f"GenerativeMetrics: resuming with num_samples={self.num_samples} (the constructor wins) but "
-                           f"the checkpoint used {saved_n}: values before and after are not comparable")  # fmt: skip
+        history, self.best, seed = restore_state(state_dict, self.seed, self.metrics, self.num_samples)
         self._history.replace(history)
-        self.best = best
         self.evaluator.seed = seed

@@ -135,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--kid-subsets", type=int, default=100)
     p.add_argument("--kid-subset-size", type=int, default=1000)
-    for spec in registry.SLOTS.values():
-        p.add_argument(f"--{spec.weights}-weights", help=f"explicit {spec.weights} weights file")
+    for weights in sorted({spec.weights for spec in registry.SLOTS.values()}):
+        p.add_argument(f"--{weights}-weights", help=f"explicit {weights} weights file")
     p.set_defaults(func=_cmd_score)
     for sp in (sub.choices["stats"], sub.choices["score"]):
         sp.add_argument("--num", type=int, help="use only the first N images (sorted by path)")

@@ -9,7 +9,7 @@ module on the fixed noise. Every call leaves the RNG states as it found them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -48,10 +48,7 @@ class Evaluator:
     seed: int = 0
     input_range: InputRange = (-1.0, 1.0)
     real_options: RealOptions = field(default_factory=RealOptions)
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    cmmd_sigma: float = 10.0
-    cmmd_scale: float = 1000.0
+    options: registry.MetricOptions = field(default_factory=registry.MetricOptions)  # its seed: ``seed``
     conditions: Sequence[Any] | None = None
     sample_autocast: torch.dtype | None = None
     cache: StatsCache | None = None
@@ -83,8 +80,7 @@ class Evaluator:
     @property
     def metric_options(self) -> registry.MetricOptions:
         """The metric parameters, with KID's subsets drawn from the noise seed."""
-        return registry.MetricOptions(self.kid_subsets, self.kid_subset_size, self.seed, self.cmmd_sigma,
-                                      self.cmmd_scale)  # fmt: skip
+        return replace(self.options, seed=self.seed)
 
     def check_conditions(self, needed: int) -> None:
         """Refuse a ``conditions`` sequence shorter than the samples drawn."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_fid.files import atomic_write
 
@@ -105,3 +106,32 @@ class History:
         for path in (log_file, self.spawn_file):
             with atomic_write(path, suffix=".json") as tmp:
                 tmp.write_text(text)
+
+
+def restore_state(
+    state: dict[str, Any], seed: int, metrics: tuple[str, ...], num_samples: int
+) -> tuple[list[dict[str, Any]], float | None, int]:
+    """(history, best, seed) from a callback checkpoint state, checked. The checkpoint's seed wins (the
+    same noise as before the interruption); the constructor's metrics and sample count win; every
+    conflict warns saying so. A corrupt state raises naming the key."""
+    history = state.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+        raise ValueError(f"GenerativeMetrics checkpoint state: 'history' must be a list of dicts, got {history!r:.80}")
+    best = state.get("best")
+    if best is not None and not isinstance(best, (int, float)):
+        raise ValueError(f"GenerativeMetrics checkpoint state: 'best' must be a number or None, got {best!r:.80}")
+    saved_seed = state.get("seed", seed)
+    if not isinstance(saved_seed, int):
+        raise ValueError(f"GenerativeMetrics checkpoint state: 'seed' must be an integer, got {saved_seed!r:.80}")
+    if saved_seed != seed:
+        rank_zero_warn(f"GenerativeMetrics: the checkpoint's seed={saved_seed} wins over seed={seed}, so resumed "
+                       "evaluations draw the same fixed noise as before the interruption")  # fmt: skip
+    saved_metrics = tuple(state.get("metrics", metrics))
+    if saved_metrics != metrics:
+        rank_zero_warn(f"GenerativeMetrics: the checkpoint evaluated {saved_metrics}; metrics={metrics} from the "
+                       "constructor wins, so the history mixes both")  # fmt: skip
+    saved_n = state.get("num_samples", num_samples)
+    if saved_n != num_samples:
+        rank_zero_warn(f"GenerativeMetrics: resuming with num_samples={num_samples} (the constructor wins) but the "
+                       f"checkpoint used {saved_n}: values before and after are not comparable")  # fmt: skip
+    return history, best, saved_seed

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lightning_fid.distributed import Group, agreed, all_reduce_max, all_reduce_packed, any_rank, rank_and_world
-from lightning_fid.extractors.base import ExtractorInfo, Frozen, describe, run_extractor
+from lightning_fid.extractors.base import ExtractorInfo, Frozen, describe, forward_extractor, select_output
 from lightning_fid.hygiene import full_precision, sampling_precision
 from lightning_fid.images import GENERATED, REAL, InputRange, check_fill, to_uint8
 from lightning_fid.real import RealOptions, RealSource
@@ -40,6 +40,7 @@ class Slot:
     moments: bool
     keep_features: bool
     standard: bool = False  # the slot's standard network (built from the published weights)
+    output: int = 0  # which output of a multi-output extractor (Inception: 0 pool features, 1 logits)
 
 
 def make_slot(name: str, module: nn.Module, moments: bool, keep_features: bool, standard: bool = False) -> Slot:
@@ -48,13 +49,28 @@ def make_slot(name: str, module: nn.Module, moments: bool, keep_features: bool, 
     return Slot(name, frozen, describe(frozen), moments, keep_features, standard)
 
 
-def _shared(name: str, module: nn.Module | None, shared: Sequence[Slot]) -> Slot | None:
-    for slot in shared:
-        same_user_module = module is not None and slot.module.module is module
-        same_standard = module is None and slot.standard and slot.name == name
-        if same_user_module or same_standard:
+def _reusable(name: str, module: nn.Module | None, slots: Sequence[Slot]) -> Slot | None:
+    """A slot whose network serves ``name`` too: the same user module, or the same standard network
+    with the head ``name`` reads (Inception built with its logits head serves IS as well)."""
+    spec = SLOTS[name]
+    for slot in slots:
+        if module is not None and slot.module.module is module:
             return slot
+        if module is None and slot.standard and SLOTS[slot.name].weights == spec.weights:
+            if spec.output == 0 or getattr(slot.module.module, "logits", False):
+                return slot
     return None
+
+
+def _on(name: str, network: Slot, moments: bool, keep: bool) -> Slot:
+    """A slot for ``name`` on ``network``'s extractor, described for the output ``name`` reads."""
+    spec = SLOTS[name]
+    info = network.info
+    if spec.output != network.output:
+        base = describe(network.module)
+        info = base if spec.output == 0 else ExtractorInfo(f"{base.name}-{name}", spec.dim, base.input_range,
+                                                            base.fingerprint, base.config)  # fmt: skip
+    return Slot(name, network.module, info, moments, keep, network.standard, spec.output)
 
 
 def build_slots(
@@ -63,31 +79,38 @@ def build_slots(
     weights: Mapping[str, Any] | None = None,
     shared: Sequence[Slot] = (),
 ) -> list[Slot]:
-    """The slots the metrics need (from the metric table), one per distinct extractor.
+    """The slots the metrics need (from the metric table), one network per distinct extractor.
 
     ``extractors`` maps a slot name to a user module (None: the slot's standard network, built from
-    ``weights[slot]`` or the verified cache). Building the standard network resolves its weights,
-    so a missing file fails here, before any work. A network already loaded in one of the ``shared``
-    slots (another callback's) is reused, not loaded again.
+    ``weights[slot]`` or the verified cache). Building a standard network resolves its weights, so a
+    missing file fails here, before any work. Inception serves FID/KID features and IS logits from
+    one forward pass. A network already loaded in a ``shared`` slot (another callback's) is reused.
     """
     extractors = extractors or {}
     weights = weights or {}
-    slots = []
-    for name, (moments, keep) in slot_needs(metrics).items():
+    needs = slot_needs(metrics)
+    want_logits = "logits" in needs and extractors.get("features") is None
+    slots: list[Slot] = []
+    for name, (moments, keep) in needs.items():
         module = extractors.get(name)
-        peer = _shared(name, module, shared)
-        if peer is not None:
-            slots.append(Slot(name, peer.module, peer.info, moments, keep, peer.standard))
-        elif module is not None:
-            slots.append(make_slot(name, module, moments, keep))
-        else:
-            slots.append(make_slot(name, SLOTS[name].default(weights.get(name)), moments, keep, standard=True))
+        network = _reusable(name, module, slots + list(shared))
+        if network is None:
+            spec = SLOTS[name]
+            standard = module is None
+            if standard:
+                module = spec.default(weights.get(name), logits=want_logits and spec.weights == "inception")
+            network = make_slot(name, module, moments, keep, standard=standard)
+        slots.append(_on(name, network, moments, keep))
     return slots
 
 
-def extract(slot: Slot, images_uint8: torch.Tensor) -> torch.Tensor:
-    """(N, D) features of uint8 images from the slot's extractor, checked against its declared D."""
-    feats = run_extractor(slot.module, images_uint8, slot.info.input_range)
+def extract(slot: Slot, images_uint8: torch.Tensor, computed: dict[int, Any] | None = None) -> torch.Tensor:
+    """(N, D) features of uint8 images from the slot's extractor, checked against its declared D.
+    ``computed`` holds this batch's raw outputs per network, so a shared network runs once."""
+    computed = {} if computed is None else computed
+    if id(slot.module) not in computed:
+        computed[id(slot.module)] = forward_extractor(slot.module, images_uint8, slot.info.input_range)
+    feats = select_output(computed[id(slot.module)], slot.output, slot.module, images_uint8.shape[0])
     if feats.shape[1] != slot.info.feature_dim:
         raise ValueError(
             f"extractor {slot.info.name} returned {feats.shape[1]} features, declared {slot.info.feature_dim}"
@@ -112,9 +135,10 @@ class Accumulator:
                 self.banks[slot.name] = FeatureBank(slot.info.feature_dim)
 
     def add(self, images_uint8: torch.Tensor, index: torch.Tensor) -> None:
-        """Extract features once per slot and record them under their global sample indices."""
+        """Extract features once per network and record them under their global sample indices."""
+        computed: dict[int, Any] = {}
         for slot in self.slots:
-            feats = extract(slot, images_uint8)
+            feats = extract(slot, images_uint8, computed)
             if slot.moments:
                 self.moments[slot.name].update(feats)
             if slot.keep_features:
@@ -253,5 +277,6 @@ def dry_run(
     except ValueError as exc:
         raise ValueError(f"GenerativeMetrics dry run: {exc}") from exc
     with full_precision():
+        computed: dict[int, Any] = {}
         for slot in slots:
-            extract(slot, u8.to(device))
+            extract(slot, u8.to(device), computed)

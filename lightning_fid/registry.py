@@ -18,51 +18,38 @@ from typing import Any
 from torch import nn
 
 from lightning_fid.distributed import Group
-from lightning_fid.metrics.cmmd import cmmd
-from lightning_fid.metrics.fid import frechet_distance, reference_factor, warn_if_rank_deficient
-from lightning_fid.metrics.kid import kid, kid_real_terms
+from lightning_fid.metrics.entries import (
+    Compute,
+    MetricOptions,
+    ball_entry,
+    check_kid_config,
+    check_kid_reference,
+    cmmd_entry,
+    fid_inf_entry,
+    frechet_entry,
+    inception_score_entry,
+    kid_entry,
+    prepare_frechet,
+)
 from lightning_fid.stats import Statistics
 
 
-@dataclass(frozen=True)
-class MetricOptions:
-    """Parameters of the metric computations (checked when constructed).
-
-    Args:
-        kid_subsets: KID subsets (torch-fidelity's 100 by default).
-        kid_subset_size: samples per KID subset (1000), capped at the generated sample count.
-        seed: seed of KID's subset draw (the callback uses its noise seed).
-        cmmd_sigma: CMMD's Gaussian kernel bandwidth (reference: 10).
-        cmmd_scale: CMMD's output scale (reference: 1000).
-    """
-
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    seed: int = 0
-    cmmd_sigma: float = 10.0
-    cmmd_scale: float = 1000.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.kid_subsets, int) or self.kid_subsets < 1:
-            raise ValueError(f"kid_subsets must be a positive integer, got {self.kid_subsets!r}")
-        if not isinstance(self.kid_subset_size, int) or self.kid_subset_size < 2:
-            raise ValueError(f"kid_subset_size must be an integer >= 2, got {self.kid_subset_size!r}")
-        if not (isinstance(self.cmmd_sigma, (int, float)) and math.isfinite(self.cmmd_sigma) and self.cmmd_sigma > 0):
-            raise ValueError(f"cmmd_sigma must be a positive finite number, got {self.cmmd_sigma!r}")
-        if not (isinstance(self.cmmd_scale, (int, float)) and math.isfinite(self.cmmd_scale) and self.cmmd_scale > 0):
-            raise ValueError(f"cmmd_scale must be a positive finite number, got {self.cmmd_scale!r}")
-
-
-def _inception(weights_path: Any = None) -> nn.Module:
+def _inception(weights_path: Any = None, logits: bool = False) -> nn.Module:
     from lightning_fid.extractors.inception import InceptionV3
 
-    return InceptionV3(weights_path)
+    return InceptionV3(weights_path, logits=logits)
 
 
-def _clip(weights_path: Any = None) -> nn.Module:
+def _clip(weights_path: Any = None, logits: bool = False) -> nn.Module:
     from lightning_fid.extractors.clip import CLIP
 
     return CLIP(weights_path)
+
+
+def _dinov2(weights_path: Any = None, logits: bool = False) -> nn.Module:
+    from lightning_fid.extractors.dinov2 import DINOv2
+
+    return DINOv2(weights_path)
 
 
 @dataclass(frozen=True)
@@ -70,17 +57,19 @@ class SlotSpec:
     """An extractor slot: features shared by every metric that names it (one forward pass)."""
 
     name: str
-    argument: str  # GenerativeMetrics argument that overrides the network
+    argument: str | None  # GenerativeMetrics argument that overrides the network (None: standard only)
     weights: str  # published weights short name: `lightning-fid download <weights>`, CLI --<weights>-weights
-    default: Callable[[Any], nn.Module]  # builds the standard network from an optional weights path
+    default: Callable[..., nn.Module]  # (weights path, logits=...) -> the standard network
+    output: int = 0  # which output of the standard network (Inception: 0 pool features, 1 logits)
+    dim: int = 0  # the output's size when it is not the network's primary one
 
 
 SLOTS: dict[str, SlotSpec] = {
     "features": SlotSpec("features", "feature_extractor", "inception", _inception),
+    "logits": SlotSpec("logits", None, "inception", _inception, output=1, dim=1008),
     "cmmd": SlotSpec("cmmd", "cmmd_extractor", "clip", _clip),
+    "dinov2": SlotSpec("dinov2", "dinov2_extractor", "dinov2", _dinov2),
 }
-
-Compute = Callable[[Statistics, Statistics, MetricOptions, Any], dict[str, float]]
 
 
 @dataclass(frozen=True)
@@ -100,65 +89,98 @@ class MetricSpec:
     lower_is_better: bool = True
 
 
-def _fid(real: Statistics, fake: Statistics, options: MetricOptions, group: Group = None) -> dict[str, float]:
-    warn_if_rank_deficient(fake.n or 0, fake.dim, "generated samples")
-    factor = real.prepared.get("fid_factor")
-    return {"fid": frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma, sigma1_sqrt=factor)}
-
-
-def _prepare_fid(real: Statistics, options: MetricOptions) -> None:
-    real.prepared["fid_factor"] = reference_factor(real.sigma)
-
-
-def _kid(real: Statistics, fake: Statistics, options: MetricOptions, group: Group = None) -> dict[str, float]:
-    n_fake = fake.features.shape[0]
-    size = min(options.kid_subset_size, n_fake)
-    # The real-vs-real sums of the fixed subsets do not change during a run: computed once, reused.
-    key = ("kid_real_terms", n_fake, options.kid_subsets, size, options.seed)
-    if key not in real.prepared:
-        real.prepared[key] = kid_real_terms(real.features, n_fake, options.kid_subsets, size, options.seed,
-                                            distributed=True, group=group)  # fmt: skip
-    mean, std = kid(real.features, fake.features, options.kid_subsets, size, options.seed,
-                    distributed=True, group=group, real_terms=real.prepared[key])  # fmt: skip
-    return {"kid": mean, "kid_std": std}
-
-
-def _check_kid_config(options: MetricOptions, num_samples: int) -> None:
-    if options.kid_subset_size > num_samples:
-        raise ValueError(
-            f"kid_subset_size={options.kid_subset_size} is larger than num_samples={num_samples}: "
-            f"raise num_samples or set kid_subset_size <= {num_samples}"
-        )
-
-
-def _check_kid_reference(real: Statistics, options: MetricOptions) -> None:
-    if real.n is not None and real.n < options.kid_subset_size:
-        raise ValueError(
-            f"kid_subset_size={options.kid_subset_size} is larger than the {real.n} real samples; "
-            "lower kid_subset_size or use more real data"
-        )
-
-
-def _cmmd(real: Statistics, fake: Statistics, options: MetricOptions, group: Group = None) -> dict[str, float]:
-    value = cmmd(real.features, fake.features, options.cmmd_sigma, options.cmmd_scale, distributed=True, group=group)
-    return {"cmmd": value}
-
-
 METRICS: dict[str, MetricSpec] = {
-    "fid": MetricSpec("fid", ("fid",), "features", moments=True, features=False, compute=_fid, prepare=_prepare_fid),
+    "fid": MetricSpec(
+        "fid", ("fid",), "features", moments=True, features=False, compute=frechet_entry("fid"), prepare=prepare_frechet
+    ),  # fmt: skip
     "kid": MetricSpec(
         "kid",
         ("kid", "kid_std"),
         "features",
         moments=False,
         features=True,
-        compute=_kid,
+        compute=kid_entry,
         options=("kid_subsets", "kid_subset_size", "seed"),
-        check_config=_check_kid_config,
-        check_reference=_check_kid_reference,
+        check_config=check_kid_config,
+        check_reference=check_kid_reference,
     ),  # fmt: skip
     "cmmd": MetricSpec(
-        "cmmd", ("cmmd",), "cmmd", moments=False, features=True, compute=_cmmd, options=("cmmd_sigma", "cmmd_scale")
+        "cmmd",
+        ("cmmd",),
+        "cmmd",
+        moments=False,
+        features=True,
+        compute=cmmd_entry,
+        options=("cmmd_sigma", "cmmd_scale"),
+    ),  # fmt: skip
+    "is": MetricSpec(
+        "is",
+        ("is", "is_std"),
+        "logits",
+        moments=False,
+        features=True,
+        compute=inception_score_entry,
+        options=("is_splits",),
+        lower_is_better=False,
+    ),
+    "precision": MetricSpec(
+        "precision",
+        ("precision",),
+        "features",
+        moments=False,
+        features=True,
+        compute=ball_entry("precision"),
+        options=("pr_k",),
+        lower_is_better=False,
+    ),
+    "recall": MetricSpec(
+        "recall",
+        ("recall",),
+        "features",
+        moments=False,
+        features=True,
+        compute=ball_entry("recall"),
+        options=("pr_k",),
+        lower_is_better=False,
+    ),
+    "density": MetricSpec(
+        "density",
+        ("density",),
+        "features",
+        moments=False,
+        features=True,
+        compute=ball_entry("density"),
+        options=("dc_k",),
+        lower_is_better=False,
+    ),
+    "coverage": MetricSpec(
+        "coverage",
+        ("coverage",),
+        "features",
+        moments=False,
+        features=True,
+        compute=ball_entry("coverage"),
+        options=("dc_k",),
+        lower_is_better=False,
+    ),
+    "fid_inf": MetricSpec(
+        "fid_inf",
+        ("fid_inf",),
+        "features",
+        moments=True,
+        features=True,
+        compute=fid_inf_entry,
+        options=("fid_inf_points", "seed"),
+        prepare=prepare_frechet,
+    ),
+    "fd_dinov2": MetricSpec(
+        "fd_dinov2",
+        ("fd_dinov2",),
+        "dinov2",
+        moments=True,
+        features=False,
+        compute=frechet_entry("fd_dinov2"),
+        prepare=prepare_frechet,
     ),  # fmt: skip
 }
 

@@ -126,7 +126,7 @@ def test_misconfiguration_raises_before_training(tmp_path, kwargs, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"metrics": ("fid", "is")}, "unknown metric"),
+        ({"metrics": ("fid", "isc")}, "unknown metric"),
         ({"num_samples": 1}, "at least 2 generated samples"),
         ({"kid_subset_size": 50}, "kid_subset_size=50 is larger than num_samples=23"),
         ({"real": "ref.npz"}, "only supports FID"),

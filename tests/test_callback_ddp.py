@@ -25,6 +25,11 @@ def ema(averaged, current, num_averaged):
 
 CONFIGS = {
     "epochs": dict(callback={}, extra=list, model={"lr": 0.0, "bn_momentum": 0.0}),
+    "breadth": dict(
+        callback={"metrics": ("fid", "kid", "cmmd", "precision", "recall", "density", "coverage", "fid_inf")},
+        extra=list,
+        model={"lr": 0.0, "bn_momentum": 0.0},
+    ),
     "steps_conditions_ema": dict(
         callback={
             "every_n_steps": 2,

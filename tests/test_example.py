@@ -17,9 +17,13 @@ def test_digits_gan_fast(tmp_path, capsys):
     history = result["history"]
     assert len(history) >= 3
     for row in history:
-        assert {"fid", "kid", "kid_std", "cmmd", "eval_seconds"} <= set(row)
+        assert {"fid", "kid", "kid_std", "cmmd", "precision", "recall", "density", "coverage", "eval_seconds"} <= set(
+            row
+        )
+        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1 and 0 <= row["coverage"] <= 1
     assert history[-1]["fid"] < history[0]["fid"]
     assert min(r["fid"] for r in history) < 0.5 * history[0]["fid"]  # clearly, not marginally
+    assert max(r["recall"] for r in history) > history[0]["recall"] or history[0]["recall"] > 0.5
     assert Path(result["best_checkpoint"]).is_file()
     events = list(Path(result["log_dir"]).glob("events.out.tfevents.*"))
     assert events

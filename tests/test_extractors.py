@@ -174,3 +174,27 @@ def test_frozen_wrapper_ignores_train():
     assert not frozen.training and not bn.training
     with pytest.raises(ValueError, match="must return \\(N, D\\)"):
         run_extractor(nn.Identity(), _images(2, 4, 4), (0.0, 1.0))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 64), (200, 300), (299, 299)])
+def test_pytorch_fid_preprocessing_reproduces_pytorch_fid(inception_file, size, tmp_path, monkeypatch):
+    """InceptionV3(preprocess="pytorch-fid") equals pytorch-fid's own pipeline (resize_input and
+    normalize_input on ToTensor images) with the same weights, found where pytorch-fid looks for them."""
+    import shutil
+
+    import pytorch_fid.inception as pf
+
+    hub = tmp_path / "torch_home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    shutil.copyfile(inception_file, hub / pf.FID_WEIGHTS_URL.rsplit("/", 1)[1])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    theirs = pf.InceptionV3([3]).eval()
+    with pytest.warns(UserWarning, match="not the published inception weights"):
+        ours = InceptionV3(weights_path=inception_file, preprocess="pytorch-fid")
+    images = _images(3, *size, seed=4)
+    with torch.no_grad():
+        expected = theirs(images.float() / 255)[0].flatten(1)
+    torch.testing.assert_close(ours(images), expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert ours.name == "inception-v3-tf-2015-12-05-pytorch-fid"
+    with pytest.raises(ValueError, match="preprocess='clean'"):
+        InceptionV3(weights_path=inception_file, preprocess="clean")

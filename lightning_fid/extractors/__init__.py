@@ -2,9 +2,11 @@
 
 from lightning_fid.extractors.base import ExtractorInfo, FeatureExtractor, Frozen, describe, run_extractor
 from lightning_fid.extractors.clip import CLIP
+from lightning_fid.extractors.dinov2 import DINOv2
 from lightning_fid.extractors.inception import InceptionV3
 from lightning_fid.extractors.weights import (
     CLIP_WEIGHTS,
+    DINOV2_WEIGHTS,
     INCEPTION_WEIGHTS,
     WeightsError,
     WeightsSpec,
@@ -16,6 +18,8 @@ from lightning_fid.extractors.weights import (
 __all__ = [
     "CLIP",
     "CLIP_WEIGHTS",
+    "DINOV2_WEIGHTS",
+    "DINOv2",
     "INCEPTION_WEIGHTS",
     "ExtractorInfo",
     "FeatureExtractor",

@@ -101,22 +101,36 @@ def describe(module: nn.Module, probe_size: int = 32) -> ExtractorInfo:
     return ExtractorInfo(str(name), int(dim), input_range, weights_fingerprint(inner), config)
 
 
-def run_extractor(module: nn.Module, images_uint8: torch.Tensor, input_range: InputRange) -> torch.Tensor:
-    """Feed uint8 RGB images to ``module`` in its declared form; return (N, D) float features."""
+def run_extractor(
+    module: nn.Module, images_uint8: torch.Tensor, input_range: InputRange, output: int = 0
+) -> torch.Tensor:
+    """Feed uint8 RGB images to ``module`` in its declared form; return (N, D) float features (output
+    ``output`` of an extractor that returns several, e.g. Inception's pool features and logits)."""
+    return select_output(forward_extractor(module, images_uint8, input_range), output, module, images_uint8.shape[0])
+
+
+def forward_extractor(module: nn.Module, images_uint8: torch.Tensor, input_range: InputRange) -> Any:
+    """The extractor's raw output for uint8 RGB images fed in its declared form."""
     bounds = parse_range(input_range)
     x = images_uint8
     if bounds is not None:
         low, high = bounds
         x = images_uint8.to(torch.float32) / 255.0 * (high - low) + low
     with torch.no_grad():
-        features = module(x)
+        return module(x)
+
+
+def select_output(features: Any, output: int, module: nn.Module, count: int) -> torch.Tensor:
+    """Output ``output`` of a raw extractor result, checked and flattened to (N, D)."""
     if isinstance(features, (tuple, list)):
-        features = features[0]
+        features = features[output]
+    elif output != 0:
+        raise ValueError(f"feature extractor {type(module).__name__} returns one output, not output {output}")
     if features.ndim == 4 and features.shape[2:] == (1, 1):
         features = features.flatten(1)  # pooled conv features
-    if features.ndim != 2 or features.shape[0] != images_uint8.shape[0]:
+    if features.ndim != 2 or features.shape[0] != count:
         raise ValueError(
             f"feature extractor {type(module).__name__} returned shape {tuple(features.shape)} for "
-            f"{images_uint8.shape[0]} images; it must return (N, D) features"
+            f"{count} images; it must return (N, D) features"
         )
     return features

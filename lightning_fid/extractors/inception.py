@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import (
@@ -72,12 +73,26 @@ class TorchFidelityInception(FeatureExtractorInceptionV3):
         self.requires_grad_(False)
         self.eval()
 
+    def pool_features(self, x: torch.Tensor) -> torch.Tensor:
+        """2048-d pool3 features of an already resized and normalised (N, 3, 299, 299) float tensor:
+        torch-fidelity's layers without its TF1 resize and (x - 128) / 128, for other preprocessings."""
+        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",
+                     "Conv2d_4a_3x3", "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+                     "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool"):  # fmt: skip
+            x = getattr(self, name)(x)
+        return torch.flatten(x, 1)
+
+
+PREPROCESSINGS = ("tf", "pytorch-fid")
+
 
 class InceptionV3(AlwaysEval):
     """2048-d pool3 features of the TF-ported Inception-v3 (``inception-2015-12-05``).
 
     This is torch-fidelity's ``FeatureExtractorInceptionV3`` (the network torchmetrics also uses):
     uint8 NCHW RGB input of any size, TF1-compatible bilinear resize to 299, (x - 128) / 128.
+    ``preprocess="pytorch-fid"`` reproduces pytorch-fid's own folder pipeline instead (PyTorch's
+    bilinear resize of x / 255, then 2x - 1), for comparing with numbers published with pytorch-fid.
     Weights are resolved by :func:`resolve_weights` and loaded with ``weights_only=True``.
     """
 
@@ -85,18 +100,33 @@ class InceptionV3(AlwaysEval):
     feature_dim = 2048
     input_range = "uint8"
 
-    def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, weights_path: str | os.PathLike | None = None, logits: bool = False, preprocess: str = "tf"
+    ) -> None:
         super().__init__()
+        if preprocess not in PREPROCESSINGS:
+            raise ValueError(f"preprocess={preprocess!r}; choose from {PREPROCESSINGS}")
+        if preprocess != "tf" and logits:
+            raise ValueError("Inception Score logits are defined on the TF preprocessing: use preprocess='tf'")
+        self.logits = logits
+        self.preprocess = preprocess
+        if preprocess != "tf":
+            self.name = f"{type(self).name}-{preprocess}"
         path, self.weights_sha256 = resolve_verified(INCEPTION_WEIGHTS, weights_path)
         state = load_state_dict_file(path)
         try:
-            self.net = TorchFidelityInception(state)
+            self.net = TorchFidelityInception(state, ("2048", "logits_unbiased") if logits else ("2048",))
         except RuntimeError as exc:  # wrong keys or shapes
             raise WeightsError(f"{path} is not an Inception-v3 FID state dict: {exc}") from exc
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, 3, H, W) -> float32 (N, 2048)."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (N, 3, H, W) -> float32 (N, 2048) pool features, and with ``logits=True`` also the
+        (N, 1008) unbiased logits (Inception Score's input) from the same forward pass."""
         if images.dtype != torch.uint8:
             raise ValueError(f"InceptionV3 expects uint8 images (use lightning_fid.to_uint8), got {images.dtype}")
         with torch.no_grad():
-            return self.net(images)[0]
+            if self.preprocess == "pytorch-fid":  # its folder pipeline: ToTensor, bilinear resize, 2x - 1
+                x = F.interpolate(images.float() / 255.0, size=(299, 299), mode="bilinear", align_corners=False)
+                return self.net.pool_features(2 * x - 1)
+            outputs = self.net(images)
+        return (outputs[0], outputs[1]) if self.logits else outputs[0]

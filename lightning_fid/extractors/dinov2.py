@@ -1,0 +1,136 @@
+"""DINOv2 ViT-L/14 CLS features (1024-d) for FD-DINOv2, preprocessed exactly as dgm-eval does.
+
+dgm-eval (Stein et al. 2023, the reference for FD-DINOv2) runs ``torch.hub.load('facebookresearch/
+dinov2', 'dinov2_vitl14')`` on PIL images through ``Resize((224, 224), BICUBIC)``, ``ToTensor`` and
+ImageNet ``Normalize``, and takes the model's output: the final-norm CLS token. We load Meta's
+published checkpoint with ``torch.load(weights_only=True)`` (no torch.hub, no code from the network)
+into timm's ViT (``vit_large_patch14_dinov2``'s definition), and reproduce two details bit for bit:
+
+- the resize is PIL's bicubic (our exact torch port, ``pil_bicubic_resize``), then ``x / 255`` and
+  ``(x - mean) / std`` in float32, the operations torchvision's ``ToTensor`` / ``Normalize`` perform;
+- the 37 x 37 position embedding of the 518-px checkpoint is resized to the 16 x 16 grid of a 224-px
+  input as DINOv2's ``interpolate_pos_encoding`` does (bicubic, no antialias, ``scale_factor=(16 +
+  0.1) / 37``), not as timm's loader would (antialiased, by size). It is computed once, at load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from lightning_fid.extractors.base import AlwaysEval
+from lightning_fid.extractors.inception import load_state_dict_file
+from lightning_fid.extractors.resize import pil_bicubic_resize
+from lightning_fid.extractors.weights import DINOV2_WEIGHTS, WeightsError, resolve_verified
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+INPUT_SIZE = 224  # dgm-eval's Resize((224, 224))
+INTERPOLATE_OFFSET = 0.1  # DINOv2's interpolate_offset (hub default), kept "for backward-compatibility"
+
+
+def interpolate_pos_embed(pos_embed: torch.Tensor, grid: int) -> torch.Tensor:
+    """DINOv2's ``interpolate_pos_encoding`` for a square ``grid`` x ``grid`` patch grid (image size //
+    patch size), in float32; ``pos_embed`` itself when the grid already matches, as DINOv2 does."""
+    n = pos_embed.shape[1] - 1
+    side = int(round(n**0.5))
+    if side * side != n:
+        raise WeightsError(f"pos_embed has {n} patch positions, not a square grid")
+    if side == grid:
+        return pos_embed
+    pos = pos_embed.float()
+    dim = pos.shape[-1]
+    scale = float(grid + INTERPOLATE_OFFSET) / side
+    patch = F.interpolate(
+        pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2),
+        scale_factor=(scale, scale),
+        mode="bicubic",
+        antialias=False,
+    )
+    if patch.shape[-2:] != (grid, grid):
+        raise WeightsError(f"position-embedding interpolation gave {tuple(patch.shape[-2:])}, expected {grid}")
+    patch = patch.permute(0, 2, 3, 1).reshape(1, grid * grid, dim)
+    return torch.cat((pos[:, :1], patch), dim=1).to(pos_embed.dtype)
+
+
+def build_vit(state: dict[str, torch.Tensor], img_size: int = INPUT_SIZE) -> VisionTransformer:
+    """timm's DINOv2 ViT for ``img_size`` inputs from a state dict in Meta's format.
+
+    The size (embedding width, depth, patch size, MLP ratio) is read from the state dict; heads are
+    64-wide as in every DINOv2 model (16 for ViT-L). The model is built on the meta device and the
+    tensors are assigned, so no random initialisation of 300M parameters is wasted.
+    """
+    try:
+        from timm.models import create_model
+        from timm.models.vision_transformer import checkpoint_filter_fn
+    except ImportError as exc:
+        raise ImportError("the DINOv2 extractor needs timm: pip install 'timm>=1.0'") from exc
+    try:
+        dim = int(state["cls_token"].shape[-1])
+        patch = int(state["patch_embed.proj.weight"].shape[-1])
+        depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.norm1\.weight$", k)))
+        mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / dim
+        state = dict(state)
+        state["pos_embed"] = interpolate_pos_embed(state["pos_embed"], img_size // patch)
+    except (KeyError, ValueError, AttributeError) as exc:
+        raise WeightsError(f"not a DINOv2 backbone state dict (missing or malformed {exc})") from exc
+    with torch.device("meta"):
+        model = create_model(
+            "vit_large_patch14_dinov2",
+            pretrained=False,
+            img_size=img_size,
+            patch_size=patch,
+            embed_dim=dim,
+            depth=depth,
+            num_heads=max(dim // 64, 1),
+            mlp_ratio=mlp_ratio,
+            init_values=1.0,
+            num_classes=0,
+        )
+    try:
+        model.load_state_dict(checkpoint_filter_fn(state, model), strict=True, assign=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"not a DINOv2 backbone state dict: {exc}") from exc
+    return model.eval().requires_grad_(False)
+
+
+class DINOv2(AlwaysEval):
+    """DINOv2 ViT-L/14 CLS embeddings (1024-d), as dgm-eval computes them for FD-DINOv2.
+
+    uint8 NCHW RGB input of any size: PIL-exact bicubic resize to 224 x 224, [0, 1], ImageNet mean /
+    std, final-norm CLS token. Weights: Meta's ``dinov2_vitl14_pretrain.pth`` (``weights_path=``, the
+    cache, or a download; ``lightning-fid download dinov2`` prefetches it).
+    """
+
+    name = "dinov2-vit-l-14"
+    feature_dim = 1024
+    input_range = "uint8"
+
+    def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        path, self.weights_sha256 = resolve_verified(DINOV2_WEIGHTS, weights_path)
+        self.model = build_vit(load_state_dict_file(path))
+        self.feature_dim = int(self.model.num_features)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> normalised float32 (N, 3, 224, 224), as dgm-eval's transform."""
+        if images.dtype != torch.uint8:
+            raise ValueError(f"DINOv2 expects uint8 images (use lightning_fid.to_uint8), got {images.dtype}")
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"DINOv2 expects (N, 3, H, W) RGB images, got shape {tuple(images.shape)}")
+        x = pil_bicubic_resize(images, (INPUT_SIZE, INPUT_SIZE)).to(torch.float32) / 255.0
+        return (x - self.mean) / self.std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, H, W) -> float32 (N, 1024) CLS features."""
+        with torch.no_grad():
+            return self.model(self.preprocess(images)).to(torch.float32)

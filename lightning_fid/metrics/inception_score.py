@@ -1,0 +1,50 @@
+"""Inception Score (Salimans et al. 2016) from the TF Inception's 1008-way unbiased logits.
+
+Exactly torch-fidelity's ``isc_features_to_metric`` with ``shuffle=False``: float64 softmax, splits
+``[i*N//splits, (i+1)*N//splits)`` in the given sample order, exp of the mean KL(p(y|x) || p(y)) per
+split, then the mean and population std over splits. The order is the caller's (the callback's global
+sample order), so the value does not depend on how samples were spread over processes; torch-fidelity
+by default shuffles first with a seeded permutation, which is the caller's choice here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lightning_fid._validation import ArrayLike, as_tensor, check_finite
+
+
+def split_scores(logits: ArrayLike, splits: int = 10) -> list[float]:
+    """exp(E_x KL(p(y|x) || p(y))) for each of the ``splits`` consecutive chunks of ``logits``."""
+    x = as_tensor(logits, "logits")
+    if x.ndim != 2:
+        raise ValueError(f"logits must be a 2-D (num_samples, num_classes) array, got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if x.shape[1] < 2:
+        raise ValueError(f"logits need at least 2 classes, got shape {tuple(x.shape)}")
+    if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or not 1 <= splits <= n:
+        raise ValueError(f"splits must be an integer between 1 and the number of samples ({n}), got {splits!r}")
+    check_finite(x, "logits")
+    scores = []
+    for i in range(splits):
+        # one chunk at a time: float64 probabilities of 50k x 1008 logits would take 400 MB at once
+        chunk = x[i * n // splits : (i + 1) * n // splits].to(torch.float64)
+        p = chunk.softmax(dim=1)
+        log_p = chunk.log_softmax(dim=1)
+        q = p.mean(dim=0, keepdim=True)
+        # torch-fidelity's p * (log p - log q); terms with p == 0 are 0 (they would be 0 * inf = NaN
+        # where a class has underflowed to probability 0 in the whole chunk).
+        kl = torch.where(p > 0, p * (log_p - q.log()), torch.zeros((), dtype=p.dtype, device=p.device))
+        scores.append(kl.sum(dim=1).mean().exp().item())
+    return scores
+
+
+def inception_score(logits: ArrayLike, splits: int = 10) -> tuple[float, float]:
+    """(mean, population std) of the Inception Score over ``splits`` consecutive splits.
+
+    ``logits`` are (N, C) unbiased logits (torch-fidelity's ``logits_unbiased``, C = 1008 for the TF
+    Inception) in global sample order. Every split must hold at least one sample: 1 <= splits <= N.
+    """
+    scores = split_scores(logits, splits)
+    return float(np.mean(scores)), float(np.std(scores))
