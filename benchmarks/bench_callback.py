@@ -77,11 +77,11 @@ def main() -> None:
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), batch_size=2)
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
+        accelerator="cpu", max_epochs=2, limit_train_batches=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
     )  # fmt: skip
-    trainer.fit(model, loader)  # no validation_step: evaluates at train epoch end
-    ours = cb.history[-1]["eval_seconds"]
+    trainer.fit(model, loader)  # no validation_step: evaluates at each train epoch end
+    first, ours = cb.history[0]["eval_seconds"], cb.history[-1]["eval_seconds"]
 
     model.eval()
     start = time.perf_counter()
@@ -91,10 +91,9 @@ def main() -> None:
             extractor.net(to_uint8(images))
     bare = time.perf_counter() - start
     print(f"{args.num_samples} samples, metrics {metrics}, CPU threads {torch.get_num_threads()}")
-    print(f"  GenerativeMetrics evaluation: {ours:.2f}s   sampling + bare extractor: {bare:.2f}s")
-    print(
-        f"  ratio: {ours / bare:.3f} (target <= 1.1)   values: { {k: round(v, 5) for k, v in cb.history[-1].items()} }"
-    )
+    print(f"  GenerativeMetrics evaluation: {ours:.2f}s per evaluation ({first:.2f}s the first, which also computes")
+    print(f"  the run's reference-side KID sums)   sampling + bare extractor: {bare:.2f}s")
+    print(f"  ratio: {ours / bare:.3f} per evaluation, {first / bare:.3f} the first (target <= 1.1)")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' random-weights factory
+
 WEIGHTS_NOTE = (
     "RANDOM Inception-v3 weights (He-scaled, BatchNorm statistics calibrated on synthetic images), NOT the "
     "published ones: absolute values mean nothing, only the relative differences between libraries do"
@@ -148,37 +150,12 @@ def read_folder(folder: Path) -> torch.Tensor:
 
 
 def random_inception_weights(calibration: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
-    """torch-fidelity's Inception-v3 state dict with He-scaled random weights and BatchNorm running
-    statistics set from ``calibration`` (uint8 images, run in train mode with a cumulative average)."""
-    from lightning_fid.extractors.inception import TorchFidelityInception
+    """torch-fidelity's Inception-v3 state dict: He-scaled random weights, BatchNorm statistics
+    calibrated on ``calibration`` (the tests' factory, so every random-weights number here and in the
+    tests is made the same way)."""
+    from weights_factory import random_inception_state_dict
 
-    template = TorchFidelityInception(None)
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in template.state_dict().items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = value.clone()
-        elif key.endswith("running_var"):
-            state[key] = torch.ones(value.shape)
-        elif key.endswith("running_mean"):
-            state[key] = torch.zeros(value.shape)
-        elif key.endswith("bn.weight"):
-            state[key] = 0.8 + 0.4 * torch.rand(value.shape, generator=g)
-        elif key.endswith("bias"):
-            state[key] = 0.1 * torch.randn(value.shape, generator=g)
-        else:  # convolution / fc weights, He-scaled
-            state[key] = torch.randn(value.shape, generator=g) * math.sqrt(2.0 / value[0].numel())
-    net = TorchFidelityInception(state)
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.reset_running_stats()
-            module.momentum = None  # cumulative average over the calibration batches
-    net.train()
-    with torch.no_grad():
-        for batch in calibration.split(8):
-            net(batch)
-    net.eval()
-    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+    return random_inception_state_dict(seed, calibration)
 
 
 # ------------------------------------------------------------------------------------------------ utils

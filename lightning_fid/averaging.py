@@ -41,11 +41,20 @@ def find_averaging(trainer: pl.Trainer) -> Callback | None:
     return found[0] if found else None
 
 
-def resolve_choice(weights: WeightsChoice, trainer: pl.Trainer) -> tuple[str, ...]:
-    """Which weights each evaluation scores, in logging order: ("averaged",), ("raw",) or both."""
+def resolve_choice(weights: WeightsChoice, trainer: pl.Trainer, fitting: bool = True) -> tuple[str, ...]:
+    """Which weights each evaluation scores, in logging order: ("averaged",), ("raw",) or both.
+
+    Outside ``fit`` (validate / test) only the module's current weights exist: after a fit with
+    WeightAveraging they are the average, which Lightning copied into the module at its end.
+    """
     if weights not in CHOICES:
         raise ValueError(f"weights={weights!r}; choose from {CHOICES}")
     present = find_averaging(trainer) is not None
+    if not fitting:
+        if present and weights in ("raw", "both"):
+            rank_zero_warn(f"GenerativeMetrics(weights={weights!r}): outside fit only the module's current weights "
+                           "exist (the average, after a fit with WeightAveraging); scoring those, under the plain keys")  # fmt: skip
+        return ("current",)
     if weights in ("averaged", "both") and not present:
         raise ValueError(
             f"weights={weights!r} needs a WeightAveraging callback (e.g. EMAWeightAveraging) on the trainer"
@@ -84,8 +93,8 @@ def scored_weights(
     is really scored ("raw" when no average exists yet, with a warning). ``raw_snapshot`` holds the
     raw weights when the average has already replaced them (see :func:`raw_snapshot_needed`)."""
     averaging = find_averaging(trainer) if trainer is not None else None
-    if averaging is None:
-        yield "raw"
+    if averaging is None or which == "current":
+        yield which
         return
     if raw_snapshot is not None and which == "raw":
         with _loaded(pl_module, raw_snapshot):

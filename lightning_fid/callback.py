@@ -46,8 +46,14 @@ def _trainer_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, which: s
         loader = getattr(trainer.datamodule, method)()
     elif is_overridden(method, pl_module):
         loader = getattr(pl_module, method)()
-    else:
-        raise ValueError(f"real={which!r} but neither a datamodule nor the LightningModule defines {method}()")
+    else:  # loaders handed to fit / validate directly, once Lightning has set them up
+        loader = trainer.train_dataloader if which == "train" else trainer.val_dataloaders
+        if loader is None:
+            raise ValueError(
+                f"real={which!r} but neither a datamodule nor the LightningModule defines {method}() (loaders passed "
+                f"to trainer.fit are not set up yet when reference statistics are computed): pass the loader "
+                f"itself as real=..."
+            )
     return loader[0] if isinstance(loader, (list, tuple)) else loader
 
 
@@ -63,7 +69,8 @@ class GenerativeMetrics(Callback):
             slice of ``conditions``). Optional if the LightningModule defines
             ``sample_images(batch_size, generator[, index=][, conditions=])``.
         metrics: names from the metric table: ``"fid"``, ``"kid"``, ``"cmmd"``, ``"is"``, ``"precision"``,
-            ``"recall"``, ``"density"``, ``"coverage"``, ``"fid_inf"``, ``"fd_dinov2"``.
+            ``"recall"``, ``"density"``, ``"coverage"``, ``"fid_inf"``, ``"fd_dinov2"``, ``"fid_per_class"``
+            (logs ``fid/class_<c>``), ``"intra_fid"``.
         feature_extractor: module for FID/KID features (default: :class:`InceptionV3`).
         cmmd_extractor: module for CMMD embeddings (default: :class:`CLIP`).
         dinov2_extractor: module for FD-DINOv2 features (default: :class:`~lightning_fid.extractors.DINOv2`).
@@ -89,6 +96,8 @@ class GenerativeMetrics(Callback):
         image_key: which entry of dict / tuple real batches holds the images (default: the first
             tensor, or a dict key among ``image``, ``images``, ``img``, ``x``).
         transform: ``transform(batch) -> images`` for real batches that need more than picking.
+        label_key: which entry of real batches holds integer class labels (``"fid_per_class"``,
+            ``"intra_fid"``); the generated samples' labels are ``conditions``.
         reference_id: a name for this exact real data and its reading; the statistics cache is keyed by
             it instead of by inspecting the data (needed to cache when ``transform`` is a lambda).
         prefix: prepended to every logged key.
@@ -135,6 +144,7 @@ class GenerativeMetrics(Callback):
         image_key: str | int | None = None,
         transform: Callable[[Any], torch.Tensor] | None = None,
         reference_id: str | None = None,
+        label_key: str | int | None = None,
         prefix: str = "",
         names: dict[str, str] | None = None,
         kid_subsets: int = 100,
@@ -160,7 +170,7 @@ class GenerativeMetrics(Callback):
             batch_size=batch_size, seed=seed, input_range=input_range,
             real_options=RealOptions(input_range=real_input_range if real_input_range is not None else input_range,
                                      batch_size=batch_size, num_real=num_real, image_key=image_key, transform=transform,
-                                     range_check=range_check, reference_id=reference_id),
+                                     range_check=range_check, reference_id=reference_id, label_key=label_key),
             options=registry.MetricOptions(kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed,
                                            cmmd_sigma=cmmd_sigma, cmmd_scale=cmmd_scale, is_splits=is_splits,
                                            pr_k=pr_k, dc_k=dc_k, fid_inf_points=fid_inf_points),
@@ -260,7 +270,13 @@ class GenerativeMetrics(Callback):
         """Build extractors (resolving weights: fails fast when missing) and check the sampler."""
         make_sampler(self.evaluator.sample_fn, pl_module)
         self.evaluator.build(shared=[slot for peer in self._peers(trainer) for slot in peer.slots])
-        self._choices = resolve_choice(self.weights, trainer)
+        self._choices = resolve_choice(self.weights, trainer, fitting=stage == "fit")
+        if stage == "fit":  # a new run (a resumed one gets its state back from the checkpoint after this)
+            self._history.reset()
+            self.best = None
+            self._last_evaluated = None
+            self._last_step = None
+            self._raw_snapshot = None
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -270,6 +286,7 @@ class GenerativeMetrics(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         check_schedule(self.cadence, trainer, is_overridden("validation_step", pl_module))
+        self._last_step = trainer.global_step  # a resumed run continues the schedule, no extra evaluation
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

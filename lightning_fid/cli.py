@@ -152,7 +152,10 @@ def _check_args(args: argparse.Namespace) -> None:
         if value is not None and value < least:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
     if getattr(args, "metrics", None) is not None:
-        registry.check_metric_names(m.strip() for m in args.metrics.split(",") if m.strip())
+        names = registry.check_metric_names(m.strip() for m in args.metrics.split(",") if m.strip())
+        if registry.per_class_slots(names):
+            raise ValueError("per-class metrics need class labels, which image folders do not carry; "
+                             "use GenerativeMetrics(label_key=..., conditions=...) from Python")  # fmt: skip
     if getattr(args, "device", None) is not None:
         try:
             device = torch.device(args.device)

@@ -76,6 +76,21 @@ class Evaluator:
         if is_statistics_file(self.real) and any(spec.features for spec in registry.specs(self.metrics)):
             raise ValueError(f"a .npz statistics file only supports FID; {self.metrics} need real images")
         self.dry_run_samples = max(2, min(self.num_samples, self.dry_run_samples or self.batch_size))
+        self.classes = self._count_classes()
+
+    def _count_classes(self) -> int:
+        """Number of classes of per-class metrics: from the generated samples' integer labels."""
+        if not registry.per_class_slots(self.metrics):
+            return 0
+        if self.conditions is None or self.real_options.label_key is None:
+            raise ValueError("per-class metrics need conditions= (the generated samples' integer class labels) and "
+                             "label_key= (where real batches hold theirs)")  # fmt: skip
+        labels = torch.as_tensor(self.conditions if not isinstance(self.conditions, torch.Tensor) else self.conditions)
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1 or int(labels.min()) < 0:
+            raise ValueError(
+                "per-class metrics need conditions= to be non-negative integer class labels, one per sample"
+            )
+        return int(labels.max()) + 1
 
     @property
     def metric_options(self) -> registry.MetricOptions:
@@ -90,7 +105,7 @@ class Evaluator:
     def build(self, shared: Sequence[Slot] = ()) -> None:
         """Build the extractor slots once (resolving published weights: fails fast when missing)."""
         if not self.slots:
-            self.slots = build_slots(self.metrics, self.extractors, shared=shared)
+            self.slots = build_slots(self.metrics, self.extractors, shared=shared, classes=self.classes)
 
     def prepare(
         self,

@@ -71,6 +71,11 @@ class History:
         self._read_back()
         return self._final
 
+    def reset(self) -> None:
+        """Forget every evaluation and final value (a new run)."""
+        self._entries = []
+        self._final = {}
+
     def replace(self, entries: list[dict[str, Any]]) -> None:
         """Set the entries (from a checkpoint)."""
         self._entries = list(entries)

@@ -24,9 +24,9 @@ from lightning_fid.extractors.base import ExtractorInfo, Frozen, describe, forwa
 from lightning_fid.hygiene import full_precision, sampling_precision
 from lightning_fid.images import GENERATED, REAL, InputRange, check_fill, to_uint8
 from lightning_fid.real import RealOptions, RealSource
-from lightning_fid.registry import SLOTS, slot_needs
+from lightning_fid.registry import SLOTS, per_class_slots, slot_needs
 from lightning_fid.reporting import image_grid
-from lightning_fid.sampling import Sampler, generate, plan
+from lightning_fid.sampling import Sampler, condition_slice, generate, plan
 from lightning_fid.stats import FeatureBank, FeatureMoments, Statistics
 
 
@@ -41,6 +41,7 @@ class Slot:
     keep_features: bool
     standard: bool = False  # the slot's standard network (built from the published weights)
     output: int = 0  # which output of a multi-output extractor (Inception: 0 pool features, 1 logits)
+    classes: int = 0  # number of classes whose moments are kept apart (per-class FID), 0: none
 
 
 def make_slot(name: str, module: nn.Module, moments: bool, keep_features: bool, standard: bool = False) -> Slot:
@@ -78,8 +79,10 @@ def build_slots(
     extractors: Mapping[str, nn.Module | None] | None = None,
     weights: Mapping[str, Any] | None = None,
     shared: Sequence[Slot] = (),
+    classes: int = 0,
 ) -> list[Slot]:
-    """The slots the metrics need (from the metric table), one network per distinct extractor.
+    """The slots the metrics need (from the metric table), one network per distinct extractor;
+    ``classes`` is the number of classes for slots that per-class metrics read.
 
     ``extractors`` maps a slot name to a user module (None: the slot's standard network, built from
     ``weights[slot]`` or the verified cache). Building a standard network resolves its weights, so a
@@ -101,6 +104,7 @@ def build_slots(
                 module = spec.default(weights.get(name), logits=want_logits and spec.weights == "inception")
             network = make_slot(name, module, moments, keep, standard=standard)
         slots.append(_on(name, network, moments, keep))
+        slots[-1].classes = classes if name in per_class_slots(metrics) else 0
     return slots
 
 
@@ -118,6 +122,21 @@ def extract(slot: Slot, images_uint8: torch.Tensor, computed: dict[int, Any] | N
     return feats
 
 
+#: per-class FID keeps one float64 d x d matrix per class and set: refuse more than this many bytes
+CLASS_MEMORY_BUDGET = 4 * 2**30
+
+
+def check_class_memory(classes: int, dim: int) -> None:
+    """Refuse per-class moments beyond :data:`CLASS_MEMORY_BUDGET` (classes x d x d float64)."""
+    needed = classes * dim * dim * 8
+    if needed > CLASS_MEMORY_BUDGET:
+        raise ValueError(
+            f"per-class FID keeps a {dim}x{dim} float64 covariance per class: {classes} classes need "
+            f"{needed / 2**30:.1f} GiB per sample set, over the {CLASS_MEMORY_BUDGET / 2**30:.0f} GiB budget; use fewer "
+            "classes (e.g. a subset of labels) or a smaller feature extractor"
+        )
+
+
 @dataclass
 class Accumulator:
     """Per-rank accumulation of one sample set over all slots."""
@@ -126,6 +145,7 @@ class Accumulator:
     device: torch.device
     moments: dict[str, FeatureMoments] = field(default_factory=dict)
     banks: dict[str, FeatureBank] = field(default_factory=dict)
+    class_moments: dict[str, list[FeatureMoments]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for slot in self.slots:
@@ -133,9 +153,15 @@ class Accumulator:
                 self.moments[slot.name] = FeatureMoments(slot.info.feature_dim, device=self.device)
             if slot.keep_features:
                 self.banks[slot.name] = FeatureBank(slot.info.feature_dim)
+            if slot.classes:
+                check_class_memory(slot.classes, slot.info.feature_dim)
+                self.class_moments[slot.name] = [
+                    FeatureMoments(slot.info.feature_dim, device=self.device) for _ in range(slot.classes)
+                ]
 
-    def add(self, images_uint8: torch.Tensor, index: torch.Tensor) -> None:
-        """Extract features once per network and record them under their global sample indices."""
+    def add(self, images_uint8: torch.Tensor, index: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+        """Extract features once per network and record them under their global sample indices (and,
+        for per-class slots, under their class ``labels``)."""
         computed: dict[int, Any] = {}
         for slot in self.slots:
             feats = extract(slot, images_uint8, computed)
@@ -143,6 +169,18 @@ class Accumulator:
                 self.moments[slot.name].update(feats)
             if slot.keep_features:
                 self.banks[slot.name].add(feats.to(torch.float32), index.to(feats.device))
+            if slot.classes:
+                self._add_classes(slot, feats, labels)
+
+    def _add_classes(self, slot: Slot, feats: torch.Tensor, labels: torch.Tensor | None) -> None:
+        if labels is None:
+            raise ValueError("per-class metrics need a class label for every sample (label_key= and conditions=)")
+        labels = labels.to(feats.device)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= slot.classes):
+            raise ValueError(f"class labels span [{int(labels.min())}, {int(labels.max())}], outside the "
+                             f"{slot.classes} classes 0..{slot.classes - 1} that conditions= defines")  # fmt: skip
+        for c in labels.unique().tolist():
+            self.class_moments[slot.name][c].update(feats[labels == c])
 
     def discard(self) -> None:
         """Free what was accumulated (an evaluation that will not be scored)."""
@@ -152,7 +190,8 @@ class Accumulator:
     def finish(self, group: Group = None) -> dict[str, Statistics]:
         """Merge across ranks (one all-reduce for all moments, one gather per kept set)."""
         names = list(self.moments)
-        flat = [t for n in names for t in (self.moments[n].n, self.moments[n].sum, self.moments[n].outer)]
+        every = [self.moments[n] for n in names] + [m for n in self.class_moments for m in self.class_moments[n]]
+        flat = [t for m in every for t in (m.n, m.sum, m.outer)]
         reduced = all_reduce_packed(flat, group) if flat else []
         out: dict[str, Statistics] = {
             slot.name: Statistics(metadata={"extractor": slot.info.name}) for slot in self.slots
@@ -162,6 +201,13 @@ class Accumulator:
             out[name].n = m.count
             if m.count >= 2:
                 out[name].mu, out[name].sigma = m.mean, m.cov
+        position = len(names)
+        for name, per_class in self.class_moments.items():
+            for c in range(len(per_class)):
+                m = FeatureMoments.from_tensors(*reduced[3 * position : 3 * position + 3])
+                position += 1
+                out[name].classes[c] = Statistics(m.mean if m.count >= 2 else None, m.cov if m.count >= 2 else None,
+                                                  m.count)  # fmt: skip
         for name, bank in self.banks.items():
             out[name].features = bank.gather(group)
             out[name].n = out[name].features.shape[0]
@@ -186,12 +232,12 @@ def extract_real(
     bar = tqdm(total=n_batches, desc=desc, disable=not (progress and rank == 0), leave=False)
     with full_precision():
         with agreed("reading the real data", device):
-            for index, images in source.batches(num, options.batch_size, rank, world, options.image_key,
-                                                options.transform):  # fmt: skip
+            for index, images, labels in source.batches(num, options.batch_size, rank, world, options.image_key,
+                                                        options.transform, options.label_key):  # fmt: skip
                 declared = "uint8" if images.dtype == torch.uint8 else options.input_range
                 if images.dtype != torch.uint8 and images.numel():
                     span = [max(span[0], -float(images.min())), max(span[1], float(images.max()))]
-                acc.add(to_uint8(images, declared, strict=True, source=REAL).to(device), index)
+                acc.add(to_uint8(images, declared, strict=True, source=REAL).to(device), index, labels)
                 bar.update(1)
         bar.close()
         stats = acc.finish()
@@ -248,7 +294,10 @@ def sample_and_extract(
                 u8 = to_uint8(images.detach(), input_range, strict=False)
                 if batch.index == 0 and grid_size:
                     grid = image_grid(u8[:grid_size])
-                acc.add(u8.to(device), batch.sample_index)
+                labels = None
+                if conditions is not None and any(slot.classes for slot in slots):
+                    labels = torch.as_tensor(condition_slice(conditions, batch.sample_index)).long()
+                acc.add(u8.to(device), batch.sample_index, labels)
     bar.close()
     with full_precision():
         if any_rank(bad, device):

@@ -35,6 +35,7 @@ class RealOptions:
         image_key: which entry of dict / tuple batches holds the images.
         transform: ``transform(batch) -> images`` when batches need more than picking an entry.
         range_check: refuse float images that fill only the upper half of ``input_range``.
+        label_key: which entry of real batches holds integer class labels (per-class metrics).
         reference_id: your name for this exact real data and its reading (transform included): the
             cache key uses it instead of inspecting the data, e.g. when ``transform`` is a lambda.
     """
@@ -46,6 +47,7 @@ class RealOptions:
     transform: Callable[[Any], torch.Tensor] | None = None
     range_check: bool = True
     reference_id: str | None = None
+    label_key: str | int | None = None
 
     def __post_init__(self) -> None:
         parse_range(self.input_range)
@@ -75,6 +77,20 @@ def pick_images(batch: Any, image_key: str | int | None = None, transform: Calla
     if isinstance(batch, (list, tuple)) and batch:
         return batch[image_key if isinstance(image_key, int) else 0]
     raise ValueError(f"cannot find images in a real batch of type {type(batch).__name__}; pass transform=")
+
+
+def pick_labels(batch: Any, label_key: str | int | None, count: int) -> torch.Tensor | None:
+    """Integer class labels of a batch (``batch[label_key]``), or None without ``label_key``."""
+    if label_key is None:
+        return None
+    try:
+        labels = torch.as_tensor(batch[label_key])
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"real data: cannot read class labels batch[{label_key!r}] ({exc}); check label_key") from None
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.shape != (count,):
+        raise ValueError(f"real data: label_key={label_key!r} gives {labels.dtype} of shape {tuple(labels.shape)}, "
+                         f"not {count} integer class labels")  # fmt: skip
+    return labels.long()
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -202,9 +218,10 @@ class RealSource:
         return digest.hexdigest()
 
     def batches(
-        self, num: int, batch_size: int, rank: int, world: int, image_key=None, transform=None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(global sample indices, images) for this rank's share of the first ``num`` samples."""
+        self, num: int, batch_size: int, rank: int, world: int, image_key=None, transform=None, label_key=None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """(global sample indices, images, class labels or None) for this rank's share of the first
+        ``num`` samples; labels are read only when ``label_key`` is given."""
         if self.dataset is not None:
             own = [
                 list(range(s, min(s + batch_size, num)))
@@ -215,7 +232,8 @@ class RealSource:
                 self.dataset, batch_sampler=own, collate_fn=self.collate_fn, num_workers=self.num_workers
             )
             for idx, batch in zip(own, loader):
-                yield torch.tensor(idx, dtype=torch.int64), pick_images(batch, image_key, transform)
+                labels = pick_labels(batch, label_key, len(idx))
+                yield torch.tensor(idx, dtype=torch.int64), pick_images(batch, image_key, transform), labels
             return
         # Iterable data cannot be indexed: every rank iterates and keeps its own batches.
         seen = 0
@@ -225,7 +243,12 @@ class RealSource:
             images = pick_images(batch, image_key, transform)
             take = min(images.shape[0], num - seen)
             if b % world == rank:
-                yield torch.arange(seen, seen + take, dtype=torch.int64), images[:take]
+                labels = pick_labels(batch, label_key, images.shape[0])
+                yield (
+                    torch.arange(seen, seen + take, dtype=torch.int64),
+                    images[:take],
+                    None if labels is None else labels[:take],
+                )
             seen += take
 
 

@@ -139,10 +139,9 @@ def _from_data(
 def _key(source: RealSource, num: int, slots: list[Slot], options: RealOptions) -> str | None:
     """Everything that determines the statistics, hashed; None when some part has no stable identity."""
     slot_parts = [(s.name, s.info.name, s.info.fingerprint, s.info.config, str(s.info.input_range), s.moments,
-                   s.keep_features) for s in slots]  # fmt: skip
-    common = dict(
-        slots=slot_parts, real_input_range=str(options.input_range), image_key=options.image_key, num_real=num
-    )
+                   s.keep_features, s.output, s.classes) for s in slots]  # fmt: skip
+    common = dict(slots=slot_parts, real_input_range=str(options.input_range), image_key=options.image_key,
+                  num_real=num, label_key=options.label_key)  # fmt: skip
     if options.reference_id is not None:
         return cache_key(reference_id=options.reference_id, **common)
     transform = stable_identity(options.transform)

@@ -22,12 +22,15 @@ from lightning_fid.metrics.entries import (
     Compute,
     MetricOptions,
     ball_entry,
+    check_class_reference,
     check_kid_config,
     check_kid_reference,
     cmmd_entry,
     fid_inf_entry,
+    fid_per_class_entry,
     frechet_entry,
     inception_score_entry,
+    intra_fid_entry,
     kid_entry,
     prepare_frechet,
 )
@@ -87,6 +90,7 @@ class MetricSpec:
     check_reference: Callable[[Statistics, MetricOptions], None] | None = None  # before training
     prepare: Callable[[Statistics, MetricOptions], None] | None = None  # reference-side work, once per run
     lower_is_better: bool = True
+    per_class: bool = False  # needs the slot's moments per class (labels on both sides)
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -182,6 +186,26 @@ METRICS: dict[str, MetricSpec] = {
         compute=frechet_entry("fd_dinov2"),
         prepare=prepare_frechet,
     ),  # fmt: skip
+    "fid_per_class": MetricSpec(
+        "fid_per_class",
+        (),
+        "features",
+        moments=False,
+        features=False,
+        compute=fid_per_class_entry,
+        check_reference=check_class_reference,
+        per_class=True,
+    ),
+    "intra_fid": MetricSpec(
+        "intra_fid",
+        ("intra_fid",),
+        "features",
+        moments=False,
+        features=False,
+        compute=intra_fid_entry,
+        check_reference=check_class_reference,
+        per_class=True,
+    ),  # fmt: skip
 }
 
 
@@ -208,6 +232,11 @@ def slot_needs(names: Iterable[str]) -> dict[str, tuple[bool, bool]]:
         moments, features = needs.get(spec.slot, (False, False))
         needs[spec.slot] = (moments or spec.moments, features or spec.features)
     return needs
+
+
+def per_class_slots(names: Iterable[str]) -> set[str]:
+    """Slots whose moments the metrics ``names`` need per class."""
+    return {spec.slot for spec in specs(names) if spec.per_class}
 
 
 def metric_keys(names: Iterable[str]) -> list[str]:

@@ -52,7 +52,7 @@ class Cadence:
 
 def _steps_per_epoch(trainer: pl.Trainer) -> float:
     batches = trainer.num_training_batches
-    return batches / max(1, trainer.accumulate_grad_batches) if math.isfinite(batches) else math.inf
+    return math.ceil(batches / max(1, trainer.accumulate_grad_batches)) if math.isfinite(batches) else math.inf
 
 
 def check_schedule(cadence: Cadence, trainer: pl.Trainer, validates: bool) -> None:

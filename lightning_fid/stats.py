@@ -55,6 +55,7 @@ class Statistics:
     features: torch.Tensor | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     prepared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    classes: dict[int, Statistics] = field(default_factory=dict)  # per-class moments (per-class FID)
 
     def __post_init__(self) -> None:
         self.mu = _float64(self.mu)
@@ -81,7 +82,9 @@ class Statistics:
     def to(self, device: torch.device | str) -> Statistics:
         """A copy with every tensor on ``device`` (``prepared`` work is dropped: recompute there)."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Statistics(move(self.mu), move(self.sigma), self.n, move(self.features), dict(self.metadata))
+        classes = {c: s.to(device) for c, s in self.classes.items()}
+        return Statistics(move(self.mu), move(self.sigma), self.n, move(self.features), dict(self.metadata),
+                          classes=classes)  # fmt: skip
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """numpy arrays for an .npz: ``mu``, ``sigma`` (if present), ``n`` (if known), ``features`` (if kept)."""
@@ -92,6 +95,16 @@ class Statistics:
             out["n"] = np.asarray(self.n, dtype=np.int64)
         if self.features is not None:
             out["features"] = self.features.cpu().numpy()
+        if self.classes:
+            count = max(self.classes) + 1
+            dim = next((s.dim for s in self.classes.values() if s.has_moments), 0)
+            out["class_n"] = np.array([self.classes[c].n if c in self.classes else 0 for c in range(count)])
+            out["class_mu"] = np.zeros((count, dim))
+            out["class_sigma"] = np.zeros((count, dim, dim))
+            for c, s in self.classes.items():
+                if s.has_moments:
+                    out["class_mu"][c] = s.mu.cpu().numpy()
+                    out["class_sigma"][c] = s.sigma.cpu().numpy()
         out["metadata"] = np.asarray(json.dumps(self.metadata, sort_keys=True, default=str))
         return out
 
@@ -104,6 +117,10 @@ class Statistics:
         n = _count(arrays["n"], source) if "n" in arrays else None
         metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
         stats = cls(arrays.get("mu"), arrays.get("sigma"), n, arrays.get("features"), metadata)
+        for c, count in enumerate(arrays.get("class_n", [])):
+            moments = int(count) >= 2
+            stats.classes[c] = cls(arrays["class_mu"][c] if moments else None,
+                                   arrays["class_sigma"][c] if moments else None, int(count))  # fmt: skip
         if stats.has_moments and (stats.mu.ndim != 1 or stats.sigma.shape != (stats.dim, stats.dim)):
             raise ValueError(
                 f"{source}: mu has shape {tuple(stats.mu.shape)} and sigma {tuple(stats.sigma.shape)}; "

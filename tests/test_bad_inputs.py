@@ -428,6 +428,7 @@ CLI = {
     "bogus device": (["score", "{a}", "{b}", "--device", "gpu7"], "--device 'gpu7' is not a torch device"),
     "cuda without gpu": (["score", "{a}", "{b}", "--device", "cuda"], "CUDA is not available"),
     "unknown metric": (["score", "{a}", "{b}", "--metrics", "fid,fd"], "unknown metric"),
+    "per-class on folders": (["score", "{a}", "{b}", "--metrics", "intra_fid"], "per-class metrics need class labels"),
     "missing path": (["score", "{a}", "{root}/nope"], "neither an image folder nor an .npz"),
     "kid on npz": (["score", "{a}", "{b}", "--metrics", "kid"], "statistics only"),
     "bad statistics": (["score", "{a}", "{bad}"], "bad.npz: sigma is not positive semi-definite"),

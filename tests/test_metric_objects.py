@@ -67,3 +67,28 @@ def test_objects_run_a_feature_extractor_without_grad():
     expected = frechet_distance(fr.mean(0), torch.cov(fr.T), ff.mean(0), torch.cov(ff.T))
     assert float(metric.compute()) == pytest.approx(expected, rel=1e-10)
     assert not any(p.requires_grad for p in extractor.parameters())
+
+
+def test_ball_metric_and_inception_score_objects_equal_the_functions(rng):
+    from lightning_fid.metrics import density_coverage, inception_score, precision_recall
+    from lightning_fid.metrics.modules import DensityCoverage, InceptionScore, PrecisionRecall
+
+    real = torch.from_numpy(rng.random((80, 6)))
+    fake = torch.from_numpy(rng.random((70, 6)) + 0.05)
+    pr, dc = PrecisionRecall(), DensityCoverage()
+    for metric in (pr, dc):
+        for start in range(0, 80, 30):
+            metric.update(real[start : start + 30], real=True)
+        for start in range(0, 70, 25):
+            metric.update(fake[start : start + 25], real=False)
+    assert tuple(float(v) for v in pr.compute()) == precision_recall(real, fake, 3)
+    assert tuple(float(v) for v in dc.compute()) == pytest.approx(density_coverage(real, fake, 5), rel=1e-12)
+    logits = torch.from_numpy(rng.standard_normal((60, 12)))
+    score = InceptionScore(splits=3)
+    score.update(logits[:35])
+    score.update(logits[35:])
+    assert tuple(float(v) for v in score.compute()) == pytest.approx(inception_score(logits, 3), rel=1e-12)
+    with pytest.raises(ValueError, match="generated samples only"):
+        score.update(logits, real=True)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        PrecisionRecall(k=0)

@@ -155,3 +155,24 @@ def test_step_due_fires_once_per_multiple_even_when_steps_jump():
             fired.append(step)
             last = step
     assert fired == [4, 6, 10, 12]
+
+
+def test_a_reused_callback_starts_a_new_run(tmp_path):
+    cb = make_callback(tmp_path, metrics=("fid",), every_n_steps=2)
+    for _ in range(2):  # a sweep or a notebook: the same callback, a new Trainer
+        kw = trainer_kwargs(tmp_path, max_steps=4, max_epochs=-1, limit_train_batches=None)
+        pl.Trainer(callbacks=[cb], **kw).fit(NoValidation(), _endless_loader())
+        assert [h["step"] for h in cb.history] == [2, 4]  # the second run evaluates from its start again
+
+
+def test_resuming_a_step_schedule_adds_no_extra_evaluation(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    first = make_callback(tmp_path, metrics=("fid",), every_n_steps=3)
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True, every_n_train_steps=3)
+    kw = trainer_kwargs(tmp_path, max_steps=3, max_epochs=-1, limit_train_batches=None, enable_checkpointing=True)
+    pl.Trainer(callbacks=[first, ckpt], **kw).fit(NoValidation(), _endless_loader())
+    resumed = make_callback(tmp_path, metrics=("fid",), every_n_steps=3)
+    kw = trainer_kwargs(tmp_path, max_steps=6, max_epochs=-1, limit_train_batches=None, enable_checkpointing=True)
+    pl.Trainer(callbacks=[resumed], **kw).fit(NoValidation(), _endless_loader(), ckpt_path=ckpt.last_model_path)
+    assert [h["step"] for h in resumed.history] == [3, 6]  # not 3, 4, 6

@@ -73,3 +73,19 @@ def test_averaged_without_an_averaging_callback_fails_before_training(tmp_path):
     trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path))
     with pytest.raises(ValueError, match="needs a WeightAveraging callback"):
         trainer.fit(TinyGAN(), *loaders())
+
+
+def test_outside_fit_only_the_current_weights_are_scored(tmp_path):
+    class WithTest(TinyGAN):
+        def test_step(self, batch, batch_idx):
+            return None
+
+    cb = make_callback(tmp_path, metrics=("fid",), weights="both")
+    trainer = pl.Trainer(callbacks=[cb, EMAWeightAveraging(decay=0.5)], **trainer_kwargs(tmp_path, max_epochs=2))
+    model = WithTest(lr=0.3)
+    trainer.fit(model, *loaders())
+    with pytest.warns(UserWarning, match="outside fit only the module's current weights"):
+        (tested,) = trainer.test(model, loaders()[1], verbose=False)
+    assert "test/fid" in tested and "test/fid_raw" not in tested  # no raw score that is really the average
+    assert tested["test/fid"] == pytest.approx(make_callback(tmp_path, metrics=("fid",)).evaluate(model)[0]["fid"],
+                                               rel=1e-6)  # fmt: skip

@@ -16,8 +16,25 @@ from torch_fidelity.feature_extractor_clip import LayerNorm, Transformer, Vision
 from lightning_fid.extractors.inception import TorchFidelityInception
 
 
-def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
-    """torch-fidelity's Inception-v3 keys and shapes, with seeded random values."""
+def calibration_images(n: int = 16, size: int = 64, seed: int = 0) -> torch.Tensor:
+    """Structured uint8 images (gradients, stripes, blobs, noise) for calibrating BatchNorm statistics."""
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.linspace(0, 1, size)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    images = []
+    for i in range(n):
+        phase = torch.rand(3, 1, 1, generator=g) * 6.28
+        freq = 2 + 10 * torch.rand(3, 1, 1, generator=g)
+        blob = torch.exp(-((xx - torch.rand(1, generator=g)) ** 2 + (yy - torch.rand(1, generator=g)) ** 2) * 20)
+        x = 0.5 + 0.3 * torch.sin(freq * (xx if i % 2 else yy) + phase) + 0.3 * blob - 0.2 * xx * (i % 3)
+        images.append((x + 0.05 * torch.randn(3, size, size, generator=g)).clamp(0, 1))
+    return (torch.stack(images) * 255).round().to(torch.uint8)
+
+
+def random_inception_state_dict(seed: int = 0, calibration: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """torch-fidelity's Inception-v3 keys and shapes: He-scaled random weights, and BatchNorm running
+    statistics calibrated on images (``calibration``, uint8, default :func:`calibration_images`) in
+    train mode with a cumulative average, so features are informative rather than near-constant."""
     template = TorchFidelityInception(None)
     g = torch.Generator().manual_seed(seed)
     state = {}
@@ -25,15 +42,25 @@ def random_inception_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
         if key.endswith("num_batches_tracked"):
             state[key] = value.clone()
         elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(value.shape, generator=g)
-        elif key.endswith("running_mean") or key.endswith("bias"):
-            state[key] = 0.1 * torch.randn(value.shape, generator=g)
+            state[key] = torch.ones(value.shape)
+        elif key.endswith("running_mean"):
+            state[key] = torch.zeros(value.shape)
         elif key.endswith("bn.weight"):
             state[key] = 0.8 + 0.4 * torch.rand(value.shape, generator=g)
+        elif key.endswith("bias"):
+            state[key] = 0.1 * torch.randn(value.shape, generator=g)
         else:  # conv / fc weights, He-scaled so activations stay O(1) through 94 layers
-            fan_in = value[0].numel()
-            state[key] = torch.randn(value.shape, generator=g) * (2.0 / fan_in) ** 0.5
-    return state
+            state[key] = torch.randn(value.shape, generator=g) * (2.0 / value[0].numel()) ** 0.5
+    net = TorchFidelityInception(state)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batches
+    net.train()
+    with torch.no_grad():
+        for batch in (calibration if calibration is not None else calibration_images(seed=seed)).split(8):
+            net(batch)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
 def write_random_inception(path: Path, seed: int = 0) -> Path:

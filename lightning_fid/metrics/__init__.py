@@ -5,13 +5,16 @@ from lightning_fid.metrics.fid import frechet_distance, reference_factor, sqrtm_
 from lightning_fid.metrics.fid_infinity import fid_infinity
 from lightning_fid.metrics.inception_score import inception_score
 from lightning_fid.metrics.kid import kid, kid_full
-from lightning_fid.metrics.modules import CMMD, FID, KID
+from lightning_fid.metrics.modules import CMMD, FID, KID, DensityCoverage, InceptionScore, PrecisionRecall
 from lightning_fid.metrics.prdc import density_coverage, knn_radii, precision_recall
 
 __all__ = [
     "CMMD",
     "FID",
     "KID",
+    "DensityCoverage",
+    "InceptionScore",
+    "PrecisionRecall",
     "cmmd",
     "density_coverage",
     "fid_infinity",

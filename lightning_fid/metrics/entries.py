@@ -8,6 +8,7 @@ reference-side work (cached in ``Statistics.prepared``) and the configuration ch
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,52 @@ def ball_entry(key: str) -> Compute:
         return {key: fake.prepared[pair][pair.index(key)]}
 
     return compute
+
+
+def _per_class(real: Statistics, fake: Statistics, group: Group = None) -> dict[int, float]:
+    """FID of each class (real class c against samples generated with label c); memoised per evaluation."""
+    if "per_class" not in fake.prepared:
+        values = {}
+        for c, generated in sorted(fake.classes.items()):
+            reference = real.classes.get(c)
+            if reference is None or not reference.has_moments or not generated.has_moments:
+                values[c] = math.nan  # fewer than 2 samples on a side: no covariance
+                continue
+            key = ("class_factor", c)
+            if key not in real.prepared:
+                real.prepared[key] = reference_factor(reference.sigma)
+            warn_if_rank_deficient(generated.n or 0, generated.dim, f"generated samples of class {c}")
+            values[c] = frechet_distance(reference.mu, reference.sigma, generated.mu, generated.sigma,
+                                         sigma1_sqrt=real.prepared[key])  # fmt: skip
+        fake.prepared["per_class"] = values
+    return fake.prepared["per_class"]
+
+
+def fid_per_class_entry(
+    real: Statistics, fake: Statistics, options: MetricOptions, group: Group = None
+) -> dict[str, float]:
+    return {f"fid/class_{c}": value for c, value in _per_class(real, fake, group).items()}
+
+
+def intra_fid_entry(
+    real: Statistics, fake: Statistics, options: MetricOptions, group: Group = None
+) -> dict[str, float]:
+    """Mean per-class FID over all classes (Miyato & Koyama 2018); NaN, with a warning, if a class
+    has fewer than 2 generated samples."""
+    values = _per_class(real, fake, group)
+    missing = [c for c, v in values.items() if math.isnan(v)]
+    if missing:
+        warnings.warn(f"intra-FID is NaN: classes {missing[:10]} have fewer than 2 generated samples", stacklevel=2)
+    return {"intra_fid": math.fsum(values.values()) / len(values) if values else math.nan}
+
+
+def check_class_reference(real: Statistics, options: MetricOptions) -> None:
+    thin = [c for c, s in sorted(real.classes.items()) if not s.has_moments]
+    if not real.classes or thin:
+        raise ValueError(
+            f"per-class FID needs at least 2 real samples of every class; classes {thin[:10]} have fewer "
+            "(check label_key= and that conditions= uses the real data's class ids)"
+        )
 
 
 def kid_entry(real: Statistics, fake: Statistics, options: MetricOptions, group: Group = None) -> dict[str, float]:

@@ -21,7 +21,9 @@ from lightning_fid._validation import ArrayLike, as_tensor
 from lightning_fid.distributed import all_reduce_packed, default_index, order_by_index
 from lightning_fid.metrics.cmmd import cmmd
 from lightning_fid.metrics.fid import frechet_distance, reference_factor, warn_if_rank_deficient
+from lightning_fid.metrics.inception_score import inception_score
 from lightning_fid.metrics.kid import kid
+from lightning_fid.metrics.prdc import density_coverage, precision_recall
 from lightning_fid.stats import FeatureMoments
 
 
@@ -187,3 +189,62 @@ class CMMD(_FeatureSetMetric):
             distributed=True, group=self.process_group,
         )  # fmt: skip
         return torch.tensor(value, dtype=torch.float64)
+
+
+class _BallMetric(_FeatureSetMetric):
+    """Shared state of the k-nearest-neighbour metrics: real and generated features in global order."""
+
+    higher_is_better = True
+    function: Any = None  # precision_recall or density_coverage
+
+    def __init__(self, k: int, feature_extractor: nn.Module | None = None, **kwargs: Any) -> None:
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        super().__init__(feature_extractor, **kwargs)
+        self.k = k
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        first, second = type(self).function(self._ordered("real"), self._ordered("fake"), self.k, distributed=True,
+                                            group=self.process_group)  # fmt: skip
+        return torch.tensor(first, dtype=torch.float64), torch.tensor(second, dtype=torch.float64)
+
+
+class PrecisionRecall(_BallMetric):
+    """Improved precision and recall (k = 3), see :func:`lightning_fid.metrics.precision_recall`."""
+
+    function = staticmethod(precision_recall)
+
+    def __init__(self, k: int = 3, feature_extractor: nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__(k, feature_extractor, **kwargs)
+
+
+class DensityCoverage(_BallMetric):
+    """Density and coverage (k = 5), see :func:`lightning_fid.metrics.density_coverage`."""
+
+    function = staticmethod(density_coverage)
+
+    def __init__(self, k: int = 5, feature_extractor: nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__(k, feature_extractor, **kwargs)
+
+
+class InceptionScore(_FeatureSetMetric):
+    """Inception Score (mean, std over ``splits``) of generated logits added with ``update(x, real=False)``,
+    in global sample order (see :func:`lightning_fid.metrics.inception_score`)."""
+
+    higher_is_better = True
+
+    def __init__(self, splits: int = 10, feature_extractor: nn.Module | None = None, **kwargs: Any) -> None:
+        if not isinstance(splits, int) or splits < 1:
+            raise ValueError(f"splits must be a positive integer, got {splits!r}")
+        super().__init__(feature_extractor, **kwargs)
+        self.splits = splits
+
+    def update(self, x: ArrayLike, real: bool = False, index: torch.Tensor | None = None) -> None:
+        """Add generated logits (``real=True`` is refused: the score has no reference set)."""
+        if real:
+            raise ValueError("InceptionScore takes generated samples only: call update(x) or update(x, real=False)")
+        super().update(x, False, index)
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std = inception_score(self._ordered("fake"), self.splits)
+        return torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
