@@ -52,7 +52,7 @@ def _folder_stats(folder: str, slots: list, args: argparse.Namespace) -> dict[st
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from lightning_fid.pipeline import make_slot
+    from lightning_fid.slots import make_slot
 
     if not Path(args.source).is_dir():
         raise ValueError(f"{args.source} is not a folder of images")
@@ -78,7 +78,7 @@ def _side(path: str, metrics: tuple[str, ...], slots: Callable[[], list], args: 
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from lightning_fid.pipeline import build_slots
+    from lightning_fid.slots import build_slots
 
     metrics = registry.check_metric_names(m.strip() for m in args.metrics.split(",") if m.strip())
     for path in (args.a, args.b):  # paths first: no weights are loaded for a typo

@@ -21,10 +21,11 @@ from lightning_fid.cache import StatsCache
 from lightning_fid.distributed import agreed, rank_and_world
 from lightning_fid.hygiene import preserved_rng
 from lightning_fid.images import InputRange, parse_range
-from lightning_fid.pipeline import Slot, build_slots, dry_run, sample_and_extract
+from lightning_fid.pipeline import dry_run, sample_and_extract
 from lightning_fid.real import RealOptions
 from lightning_fid.reference import Reference, is_statistics_file, resolve_reference
 from lightning_fid.sampling import SampleFn, make_sampler
+from lightning_fid.slots import Slot, build_slots
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -23,8 +23,9 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_fid.cache import StatsCache, cache_key, stable_identity
 from lightning_fid.distributed import any_rank, barrier, rank_and_world
 from lightning_fid.images import REAL, check_fill
-from lightning_fid.pipeline import Slot, extract_real
+from lightning_fid.pipeline import extract_real
 from lightning_fid.real import RealOptions, RealSource, count_available
+from lightning_fid.slots import Slot
 from lightning_fid.stats import Statistics, load_statistics
 
 

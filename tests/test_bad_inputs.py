@@ -311,7 +311,7 @@ def _resolve(tmp_path, cache_dir=None, **options):
 
     from lightning_fid import RealOptions, resolve_reference
     from lightning_fid.cache import StatsCache
-    from lightning_fid.pipeline import build_slots
+    from lightning_fid.slots import build_slots
 
     data = options.pop("data", TensorDataset(real_images(37)))
     slots = build_slots(("fid",), {"features": options.pop("extractor", TinyFeatures())})
@@ -476,8 +476,9 @@ def _failing_rank_worker(rank, world, where):
     from lightning_helpers import TinyFeatures
 
     from lightning_fid import RealOptions, resolve_reference
-    from lightning_fid.pipeline import build_slots, sample_and_extract
+    from lightning_fid.pipeline import sample_and_extract
     from lightning_fid.sampling import make_sampler
+    from lightning_fid.slots import build_slots
 
     slots = build_slots(("fid",), {"features": TinyFeatures()})
     try:

@@ -20,8 +20,9 @@ from lightning_fid.metrics import (
     inception_score,
     precision_recall,
 )
-from lightning_fid.pipeline import Accumulator, build_slots
+from lightning_fid.pipeline import Accumulator
 from lightning_fid.sampling import noise_generator
+from lightning_fid.slots import build_slots
 
 BALLS = ("fid", "precision", "recall", "density", "coverage", "fid_inf")
 

@@ -8,8 +8,9 @@ from lightning_helpers import TinyEmbed, TinyFeatures, TinyGAN, real_images, sam
 
 from lightning_fid.extractors.base import run_extractor
 from lightning_fid.images import to_uint8
-from lightning_fid.pipeline import Accumulator, build_slots, dry_run, sample_and_extract
+from lightning_fid.pipeline import Accumulator, dry_run, sample_and_extract
 from lightning_fid.sampling import make_sampler, noise_generator
+from lightning_fid.slots import build_slots
 
 EXTRACTORS = {"features": TinyFeatures(), "cmmd": TinyEmbed(seed=5)}
 

@@ -13,7 +13,7 @@ from lightning_fid import RealOptions, resolve_reference
 from lightning_fid.cache import StatsCache
 from lightning_fid.extractors.base import run_extractor
 from lightning_fid.images import to_uint8
-from lightning_fid.pipeline import build_slots
+from lightning_fid.slots import build_slots
 
 OPTIONS = RealOptions(input_range=(-1, 1), batch_size=5)
 
