@@ -124,3 +124,21 @@ class TinyData(pl.LightningDataModule):
 
     def val_dataloader(self):
         return loaders()[1]
+
+
+def fit_recording_steps(tmp_path, model=None, max_epochs=2, **callback_kw):
+    """Fit with make_callback(**callback_kw); returns the callback. ``fit_recording_steps.trained``
+    says whether a training step started, also when fit raised (errors must come before training)."""
+    steps = []
+
+    class Spy(pl.Callback):
+        def on_train_batch_start(self, *a):
+            steps.append(1)
+
+    cb = make_callback(tmp_path, **callback_kw)
+    trainer = pl.Trainer(callbacks=[cb, Spy()], **trainer_kwargs(tmp_path, max_epochs=max_epochs))
+    try:
+        trainer.fit(model or TinyGAN(), *loaders())
+    finally:
+        fit_recording_steps.trained = bool(steps)
+    return cb

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from lightning_helpers import TinyGAN, loaders, make_callback, real_images, trainer_kwargs
+from lightning_helpers import TinyGAN, fit_recording_steps, make_callback, real_images
 from torch.utils.data import TensorDataset
 
 from lightning_fid import MetricOptions, load_statistics
@@ -39,20 +38,11 @@ class Value:
 
 # ---------------------------------------------------------------- generator output (in a real Trainer)
 def _fit(tmp_path, model=None, **kw):
-    """Fit one epoch; record whether a training step ran before the outcome."""
-    steps = []
-
-    class Spy(pl.Callback):
-        def on_train_batch_start(self, *a):
-            steps.append(1)
-
-    cb = make_callback(tmp_path, **kw)
-    trainer = pl.Trainer(callbacks=[cb, Spy()], **trainer_kwargs(tmp_path, max_epochs=2))
+    """Fit two epochs; ``_fit.trained`` says whether a training step ran before the outcome."""
     try:
-        trainer.fit(model or TinyGAN(), *loaders())
+        return fit_recording_steps(tmp_path, model, **kw)
     finally:
-        _fit.trained = bool(steps)
-    return cb
+        _fit.trained = fit_recording_steps.trained
 
 
 def _gen(fn):

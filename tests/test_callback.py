@@ -8,7 +8,16 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning_helpers import TinyEmbed, TinyFeatures, TinyGAN, loaders, make_callback, real_images, trainer_kwargs
+from lightning_helpers import (
+    TinyEmbed,
+    TinyFeatures,
+    TinyGAN,
+    fit_recording_steps,
+    loaders,
+    make_callback,
+    real_images,
+    trainer_kwargs,
+)
 
 from lightning_fid.extractors.base import Frozen, run_extractor
 from lightning_fid.images import to_uint8
@@ -93,18 +102,10 @@ def test_nan_generator_logs_nan_with_warning(tmp_path):
 
 
 def _fails_before_training(tmp_path, model=None, **kw):
-    steps = []
-
-    class Spy(pl.Callback):
-        def on_train_batch_start(self, *a):
-            steps.append(1)
-
-    cb = make_callback(tmp_path, **kw)
-    trainer = pl.Trainer(callbacks=[cb, Spy()], **trainer_kwargs(tmp_path, max_epochs=1))
     try:
-        trainer.fit(model or TinyGAN(), *loaders())
+        fit_recording_steps(tmp_path, model, max_epochs=1, **kw)
     finally:
-        assert not steps, "the error must come before the first training step"
+        assert not fit_recording_steps.trained, "the error must come before the first training step"
 
 
 @pytest.mark.parametrize(

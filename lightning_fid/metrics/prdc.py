@@ -214,6 +214,15 @@ def _inputs(real: ArrayLike, fake: ArrayLike, k: int, block_size: int) -> tuple[
     return x, y.to(x.device), k, block_size
 
 
+def _real_radii(
+    x: torch.Tensor, k: int, given: ArrayLike | None, block_size: int, distributed: bool, group: Group
+) -> torch.Tensor:
+    """The real set's k-NN radii: the caller's (checked), or computed now."""
+    if given is None:
+        return knn_radii(x, k, block_size=block_size, distributed=distributed, group=group)
+    return _radii(given, x.shape[0], "real_radii", x.device)
+
+
 def precision_recall(
     real_features: ArrayLike,
     fake_features: ArrayLike,
@@ -233,12 +242,8 @@ def precision_recall(
     x, y, k, block_size = _inputs(real_features, fake_features, k, block_size)
     if y.shape[0] < k + 1:
         raise ValueError(f"fake_features needs at least k + 1 = {k + 1} samples for recall, got {y.shape[0]}")
-    opts = dict(block_size=block_size, distributed=distributed, group=group)
-    if real_radii is None:
-        rr = knn_radii(x, k, **opts)
-    else:
-        rr = _radii(real_radii, x.shape[0], "real_radii", x.device)
-    fr = knn_radii(y, k, **opts)
+    rr = _real_radii(x, k, real_radii, block_size, distributed, group)
+    fr = knn_radii(y, k, block_size=block_size, distributed=distributed, group=group)
     fake_hits, _, real_in_fake = _ball_counts(x, y, rr, fr, False, block_size, distributed, group)
     return float((fake_hits > 0).double().mean()), float((real_in_fake > 0).double().mean())
 
@@ -261,10 +266,7 @@ def density_coverage(
     with the same ``k``.
     """
     x, y, k, block_size = _inputs(real_features, fake_features, k, block_size)
-    if real_radii is None:
-        rr = knn_radii(x, k, block_size=block_size, distributed=distributed, group=group)
-    else:
-        rr = _radii(real_radii, x.shape[0], "real_radii", x.device)
+    rr = _real_radii(x, k, real_radii, block_size, distributed, group)
     fake_hits, real_hits, _ = _ball_counts(x, y, rr, None, True, block_size, distributed, group)
     density = float(fake_hits.sum()) / (k * y.shape[0])
     return density, float((real_hits > 0).double().mean())
@@ -286,7 +288,7 @@ def precision_recall_density_coverage(
     if y.shape[0] < k + 1:
         raise ValueError(f"fake_features needs at least k + 1 = {k + 1} samples for recall, got {y.shape[0]}")
     opts = dict(block_size=block_size, distributed=distributed, group=group)
-    rr = knn_radii(x, k, **opts) if real_radii is None else _radii(real_radii, x.shape[0], "real_radii", x.device)
+    rr = _real_radii(x, k, real_radii, block_size, distributed, group)
     fake_hits, real_hits, real_in_fake = _ball_counts(x, y, rr, knn_radii(y, k, **opts), True, **opts)
     return {
         "precision": float((fake_hits > 0).double().mean()),
