@@ -25,9 +25,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from lightning_fid import GenerativeMetrics, InceptionV3  # noqa: E402
+from lightning_fid.engine._images import to_uint8  # noqa: E402
+from lightning_fid.engine._sampling import noise_generator, plan  # noqa: E402
 from lightning_fid.extractors.weights import INCEPTION_WEIGHTS, cache_dir  # noqa: E402
-from lightning_fid.images import to_uint8  # noqa: E402
-from lightning_fid.sampling import noise_generator, plan  # noqa: E402
+from lightning_fid.metrics import KID  # noqa: E402
 
 
 class DCGAN(pl.LightningModule):
@@ -35,11 +36,18 @@ class DCGAN(pl.LightningModule):
         super().__init__()
         self.z = z
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(z, 128, 4, 1, 0), nn.BatchNorm2d(128), nn.ReLU(),
-            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.ConvTranspose2d(32, 3, 4, 2, 1), nn.Tanh(),
-        )  # fmt: skip
+            nn.ConvTranspose2d(z, 128, 4, 1, 0),
+            nn.BatchNorm2d(128),
+            nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 3, 4, 2, 1),
+            nn.Tanh(),
+        )
 
     def sample_images(self, n, generator):
         return self.net(torch.randn(n, self.z, 1, 1, generator=generator).to(self.device))
@@ -57,7 +65,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--metrics", default="fid,kid")
     args = parser.parse_args()
-    from weights_factory import write_random_inception
+    from helpers.weights import write_random_inception
 
     weights = cache_dir() / INCEPTION_WEIGHTS.filename
     if not weights.is_file():
@@ -69,17 +77,30 @@ def main() -> None:
     torch.manual_seed(0)
     model = DCGAN()
     real = torch.utils.data.TensorDataset(torch.rand(args.num_samples, 3, 32, 32) * 2 - 1)
-    metrics = tuple(args.metrics.split(","))
+    kid = KID(subsets=100, subset_size=min(1000, args.num_samples))
+    metrics = [kid if name == "kid" else name for name in args.metrics.split(",")]
     cb = GenerativeMetrics(
-        real=real, sample_fn=lambda m, n, g: m.sample_images(n, g), metrics=metrics, feature_extractor=extractor,
-        num_samples=args.num_samples, batch_size=args.batch_size, kid_subsets=100,
-        kid_subset_size=min(1000, args.num_samples), use_cache=False, progress=False, log_images=0,
-    )  # fmt: skip
+        real=real,
+        sample_fn=lambda m, n, g: m.sample_images(n, g),
+        metrics=metrics,
+        feature_extractor=extractor,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        use_cache=False,
+        progress=False,
+        log_images=0,
+    )
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 1)), batch_size=2)
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=2, limit_train_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
-    )  # fmt: skip
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+    )
     trainer.fit(model, loader)  # no validation_step: evaluates at each train epoch end
     first, ours = cb.history[0]["eval_seconds"], cb.history[-1]["eval_seconds"]
 

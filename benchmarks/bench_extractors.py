@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from lightning_fid.engine._images import to_uint8  # noqa: E402
 from lightning_fid.extractors import CLIP, Frozen, InceptionV3, run_extractor  # noqa: E402
 from lightning_fid.extractors.weights import CLIP_WEIGHTS, INCEPTION_WEIGHTS, cache_dir  # noqa: E402
-from lightning_fid.images import to_uint8  # noqa: E402
 
 
 def weights_file(spec, make) -> Path:
@@ -60,7 +60,7 @@ def main() -> None:
         torch.rand(args.batch_size, 3, args.size, args.size, device=args.device) * 2 - 1 for _ in range(args.batches)
     ]
     n = args.batches * args.batch_size
-    from weights_factory import write_random_clip, write_random_inception
+    from helpers.weights import write_random_clip, write_random_inception
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -70,8 +70,10 @@ def main() -> None:
     uint8 = [to_uint8(b) for b in batches]
     t_bare = timed(lambda u: bare(u)[0], uint8)
     t_ours = timed(lambda b: run_extractor(ours, to_uint8(b), "uint8"), batches)
-    print(f"Inception ({args.device}, {args.size}px -> 299, batch {args.batch_size}): "
-          f"ours {n / t_ours:.1f} img/s, torch-fidelity bare {n / t_bare:.1f} img/s, ratio {t_bare / t_ours:.3f}")  # fmt: skip
+    print(
+        f"Inception ({args.device}, {args.size}px -> 299, batch {args.batch_size}): "
+        f"ours {n / t_ours:.1f} img/s, torch-fidelity bare {n / t_bare:.1f} img/s, ratio {t_bare / t_ours:.3f}"
+    )
     if args.clip:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -82,8 +82,14 @@ def bench_kid(device: str) -> None:
     g = torch.Generator().manual_seed(0)
     real = torch.rand(10_000, 2048, generator=g) ** 2
     fake = torch.rand(10_000, 2048, generator=g) ** 2 * 1.02
-    kwargs = dict(rng_seed=0, verbose=False, kid_kernel="poly", kid_kernel_poly_degree=3,
-                  kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1)  # fmt: skip
+    kwargs = dict(
+        rng_seed=0,
+        verbose=False,
+        kid_kernel="poly",
+        kid_kernel_poly_degree=3,
+        kid_kernel_poly_gamma=None,
+        kid_kernel_poly_coef0=1,
+    )
     r, f = real.to(device), fake.to(device)
     start = time.perf_counter()
     terms = kid_real_terms(r, f.shape[0], 100, 1000)
@@ -96,14 +102,18 @@ def bench_kid(device: str) -> None:
         ],
         repeats=3,
     )
-    print(f"KID 100x1000 d=2048 ({device}), per evaluation: lightning_fid {t_ours:.2f}s with the run's cached "
-          f"real-vs-real sums ({t_once:.2f}s once per run), {t_full:.2f}s without; torch-fidelity {t_tf:.2f}s")  # fmt: skip
+    print(
+        f"KID 100x1000 d=2048 ({device}), per evaluation: lightning_fid {t_ours:.2f}s with the run's cached "
+        f"real-vs-real sums ({t_once:.2f}s once per run), {t_full:.2f}s without; torch-fidelity {t_tf:.2f}s"
+    )
     print(
         f"  values: ours {v_ours[0]:.10e} +- {v_ours[1]:.3e} (uncached {v_full[0]:.10e}); torch-fidelity "
         f"{v_tf['kernel_inception_distance_mean']:.10e} +- {v_tf['kernel_inception_distance_std']:.3e} (other subsets)"
     )
-    print(f"  speed ratio vs torch-fidelity (its time / ours): x{t_tf / t_ours:.2f} per evaluation, "
-          f"x{t_tf / t_full:.2f} uncached")  # fmt: skip
+    print(
+        f"  speed ratio vs torch-fidelity (its time / ours): x{t_tf / t_ours:.2f} per evaluation, "
+        f"x{t_tf / t_full:.2f} uncached"
+    )
     same = _same_subsets_as_torch_fidelity(real, fake)
     print(f"  on torch-fidelity's own subsets: ours {same[0]:.10e}, torch-fidelity {same[1]:.10e}")
 
@@ -120,9 +130,18 @@ def _same_subsets_as_torch_fidelity(real: torch.Tensor, fake: torch.Tensor, subs
         fx = real[torch.from_numpy(rng.choice(len(real), 1000, replace=False))].double()
         fy = fake[torch.from_numpy(rng.choice(len(fake), 1000, replace=False))].double()
         values.append(_mmd2_unbiased(fx, fy, 1000, False))
-    theirs = kid_features_to_metric(real.double(), fake.double(), kid_subsets=subsets, kid_subset_size=1000,
-                                    rng_seed=0, verbose=False, kid_kernel="poly", kid_kernel_poly_degree=3,
-                                    kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1)  # fmt: skip
+    theirs = kid_features_to_metric(
+        real.double(),
+        fake.double(),
+        kid_subsets=subsets,
+        kid_subset_size=1000,
+        rng_seed=0,
+        verbose=False,
+        kid_kernel="poly",
+        kid_kernel_poly_degree=3,
+        kid_kernel_poly_gamma=None,
+        kid_kernel_poly_coef0=1,
+    )
     return float(np.mean(values)), float(theirs["kernel_inception_distance_mean"])
 
 
@@ -155,8 +174,9 @@ print(json.dumps({"value": value, "seconds": seconds, "extra_mb": peak[0] - base
 
 
 def bench_cmmd(device: str, n: int = 30_000, d: int = 768) -> None:
-    out = subprocess.run([sys.executable, "-c", _CMMD_CHILD, str(n), str(d), device], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", _CMMD_CHILD, str(n), str(d), device], capture_output=True, text=True, check=True
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     reference_mb = 3 * n * n * 4 / 2**20  # three float32 n x n matrices in google-research's distance.py
     print(f"CMMD {n}x{n} d={d} ({device}): value {r['value']:.6g} in {r['seconds']:.1f}s")

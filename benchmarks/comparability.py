@@ -153,7 +153,7 @@ def random_inception_weights(calibration: torch.Tensor, seed: int) -> dict[str, 
     """torch-fidelity's Inception-v3 state dict: He-scaled random weights, BatchNorm statistics
     calibrated on ``calibration`` (the tests' factory, so every random-weights number here and in the
     tests is made the same way)."""
-    from weights_factory import random_inception_state_dict
+    from helpers.weights import random_inception_state_dict
 
     return random_inception_state_dict(seed, calibration)
 
@@ -243,8 +243,22 @@ class Pair:
 def run_ours_cli(pair: Pair, weights: Path, cfg: Config) -> dict:
     from lightning_fid import cli
 
-    args = ["score", str(pair.a), str(pair.b), "--json", "--metrics", "fid,kid", "--inception-weights", str(weights),
-            "--kid-subsets", str(cfg.kid_subsets), "--kid-subset-size", str(pair.n), "--device", "cpu"]  # fmt: skip
+    args = [
+        "score",
+        str(pair.a),
+        str(pair.b),
+        "--json",
+        "--metrics",
+        "fid,kid",
+        "--inception-weights",
+        str(weights),
+        "--kid-subsets",
+        str(cfg.kid_subsets),
+        "--kid-subset-size",
+        str(pair.n),
+        "--device",
+        "cpu",
+    ]
     with quiet() as out:
         code = cli.main(args)
     if code != 0:
@@ -255,7 +269,8 @@ def run_ours_cli(pair: Pair, weights: Path, cfg: Config) -> dict:
 
 def run_ours_python(pair: Pair, weights: Path, cfg: Config) -> dict:
     """The callback-free path: InceptionV3 features into the FID / KID metric objects."""
-    from lightning_fid import FID, KID, InceptionV3
+    from lightning_fid import InceptionV3
+    from lightning_fid.standalone import FID, KID
 
     with quiet():
         extractor = InceptionV3(weights_path=weights)
@@ -274,9 +289,17 @@ def run_torch_fidelity(pair: Pair, weights: Path, cfg: Config) -> dict:
 
     with quiet():
         m = torch_fidelity.calculate_metrics(
-            input1=str(pair.a), input2=str(pair.b), cuda=False, fid=True, kid=True, kid_subsets=cfg.kid_subsets,
-            kid_subset_size=pair.n, feature_extractor_weights_path=str(weights), verbose=False, cache=False,
-        )  # fmt: skip
+            input1=str(pair.a),
+            input2=str(pair.b),
+            cuda=False,
+            fid=True,
+            kid=True,
+            kid_subsets=cfg.kid_subsets,
+            kid_subset_size=pair.n,
+            feature_extractor_weights_path=str(weights),
+            verbose=False,
+            cache=False,
+        )
     return {"fid": m["frechet_inception_distance"], "kid": m["kernel_inception_distance_mean"]}
 
 
@@ -285,8 +308,9 @@ def run_pytorch_fid(pair: Pair, weights: Path, cfg: Config) -> dict:
     from pytorch_fid.fid_score import calculate_fid_given_paths
 
     with quiet():
-        fid = calculate_fid_given_paths([str(pair.a), str(pair.b)], batch_size=50, device="cpu", dims=2048,
-                                        num_workers=0)  # fmt: skip
+        fid = calculate_fid_given_paths(
+            [str(pair.a), str(pair.b)], batch_size=50, device="cpu", dims=2048, num_workers=0
+        )
     return {"fid": float(fid)}
 
 
@@ -294,8 +318,9 @@ def _torchmetrics_fid(pair: Pair, weights: Path, antialias: bool, floats: tuple 
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     with quiet():
-        metric = FrechetInceptionDistance(feature=2048, normalize=floats is not None, antialias=antialias,
-                                          feature_extractor_weights_path=str(weights))  # fmt: skip
+        metric = FrechetInceptionDistance(
+            feature=2048, normalize=floats is not None, antialias=antialias, feature_extractor_weights_path=str(weights)
+        )
         inputs = floats if floats is not None else (pair.images_a, pair.images_b)
         for x, real in zip(inputs, (True, False)):
             for batch in x.split(50):
@@ -429,8 +454,12 @@ RUNNERS: dict[str, Callable[[Pair, Path, Config], dict]] = {
     "pytorch-fid": run_pytorch_fid,
     "clean-fid": run_clean_fid,
 }
-NEEDS = {"torch-fidelity": "torch_fidelity", "torchmetrics": "torchmetrics", "pytorch-fid": "pytorch_fid",
-         "clean-fid": "cleanfid"}  # fmt: skip
+NEEDS = {
+    "torch-fidelity": "torch_fidelity",
+    "torchmetrics": "torchmetrics",
+    "pytorch-fid": "pytorch_fid",
+    "clean-fid": "cleanfid",
+}
 
 
 def versions() -> dict[str, str]:
@@ -563,8 +592,12 @@ def kid_abs(report: Report) -> dict[str, dict[str, float | None]]:
     out = {}
     for name, r in report.results.items():
         ours = r["ours-cli"]["kid"]
-        peers = {"python.kid": r.get("ours-python", {}).get("kid"), "tf.kid": r.get("torch-fidelity", {}).get("kid"),
-                 "tm.kid": r.get("torchmetrics", {}).get("kid"), "cf_legacy.kid": r.get("clean-fid", {}).get("kid_legacy")}  # fmt: skip
+        peers = {
+            "python.kid": r.get("ours-python", {}).get("kid"),
+            "tf.kid": r.get("torch-fidelity", {}).get("kid"),
+            "tm.kid": r.get("torchmetrics", {}).get("kid"),
+            "cf_legacy.kid": r.get("clean-fid", {}).get("kid_legacy"),
+        }
         out[name] = {k: (None if v is None else float(v) - ours) for k, v in peers.items()}
     return out
 
@@ -638,34 +671,55 @@ def causes(report: Report) -> dict[str, tuple[str, str]]:
     return {
         "python.fid": (f"none: same features, float64 moments ({span('python.fid')})", "is ours"),
         "python.kid": (f"none: same features and subsets ({kspan('python.kid')})", "is ours"),
-        "tf.fid": (f"{formula} (float32 mean, eigvals of Σ1Σ2: {span('f.tf')} from the exact value; ours "
-                   f"{span('f.ours')})", reproduced("tf.fid", "")),
-        "tf.kid": (f"none: same features; subsets of all N are permutations ({kspan('tf.kid')}, float32 kernels)",
-                   "default"),
-        "tm_noaa.fid": (f"{formula} (eigvals of Σ1Σ2, result cast to float32: {span('f.tm')} from the exact "
-                        "value)", reproduced("tm_noaa.fid", "")),
-        "tm.fid": ("resize: torch's antialiased bilinear instead of TF1 bilinear (vs torchmetrics' own "
-                   f"antialias=False: {span('x.tm_resize', other)}){at299_note}",
-                   reproduced("tm.fid", "needs torch's antialiased bilinear")),
-        "tm.kid": ("as the FID row: antialiased resize (KernelInceptionDistance has no antialias option)",
-                   reproduced("tm.kid", "needs torch's antialiased bilinear")),
-        "tm_float.fid": ("quantisation: `(x * 255).byte()` truncates where we, like save_image + PNG, round "
-                         f"(vs torchmetrics' own uint8 path: {span('x.tm_quant')}), plus the antialiased resize",
-                         "none (give torchmetrics uint8, e.g. `lightning_fid.to_uint8(x, (0, 1))`, to agree)"),
-        "pf.fid": ("normalisation 2x/255-1 instead of (x-128)/128 (alone: "
-                   f"{span('x.norm')}) and, at sizes ≠ 299, torch's bilinear resize instead of TF1's (alone: "
-                   f"{span('x.resize', other)}); its recipe on the same network, scored exactly, reproduces it "
-                   f"({span('f.pf')}, scipy sqrtm)",
-                   "`InceptionV3(preprocess=\"pytorch-fid\")` (its resize and 2x-1; features equal to 1e-5, "
-                   "tested in tests/test_extractors.py), up to the FID formula's ~1e-6"),
-        "cf_legacy.fid": ("pytorch-fid's preprocessing (bilinear on [0, 255] floats, then x/255, 2x-1) and sqrtm; "
-                          f"vs pytorch-fid: {span('x.cf_legacy_vs_pf')}", "as pytorch-fid: `InceptionV3(preprocess=\"pytorch-fid\")`"),
-        "cf_legacy.kid": ("pytorch-fid's preprocessing, as the FID row",
-                          "as pytorch-fid: `InceptionV3(preprocess=\"pytorch-fid\")` (other subsets)"),
-        "cf_clean.fid": ("resize: PIL bicubic (antialiased), per channel in float mode 'F', not requantised"
-                         + (f"; at 299 no resize, formula only ({span('cf_clean.fid', at299)})" if at299 else ""),
-                         reproduced("cf_clean.fid", "needs PIL's float bicubic")),
-    }  # fmt: skip
+        "tf.fid": (
+            f"{formula} (float32 mean, eigvals of Σ1Σ2: {span('f.tf')} from the exact value; ours {span('f.ours')})",
+            reproduced("tf.fid", ""),
+        ),
+        "tf.kid": (
+            f"none: same features; subsets of all N are permutations ({kspan('tf.kid')}, float32 kernels)",
+            "default",
+        ),
+        "tm_noaa.fid": (
+            f"{formula} (eigvals of Σ1Σ2, result cast to float32: {span('f.tm')} from the exact value)",
+            reproduced("tm_noaa.fid", ""),
+        ),
+        "tm.fid": (
+            "resize: torch's antialiased bilinear instead of TF1 bilinear (vs torchmetrics' own "
+            f"antialias=False: {span('x.tm_resize', other)}){at299_note}",
+            reproduced("tm.fid", "needs torch's antialiased bilinear"),
+        ),
+        "tm.kid": (
+            "as the FID row: antialiased resize (KernelInceptionDistance has no antialias option)",
+            reproduced("tm.kid", "needs torch's antialiased bilinear"),
+        ),
+        "tm_float.fid": (
+            "quantisation: `(x * 255).byte()` truncates where we, like save_image + PNG, round "
+            f"(vs torchmetrics' own uint8 path: {span('x.tm_quant')}), plus the antialiased resize",
+            "none (give torchmetrics uint8, e.g. `lightning_fid.to_uint8(x, (0, 1))`, to agree)",
+        ),
+        "pf.fid": (
+            "normalisation 2x/255-1 instead of (x-128)/128 (alone: "
+            f"{span('x.norm')}) and, at sizes ≠ 299, torch's bilinear resize instead of TF1's (alone: "
+            f"{span('x.resize', other)}); its recipe on the same network, scored exactly, reproduces it "
+            f"({span('f.pf')}, scipy sqrtm)",
+            '`InceptionV3(preprocess="pytorch-fid")` (its resize and 2x-1; features equal to 1e-5, '
+            "tested in tests/test_extractors.py), up to the FID formula's ~1e-6",
+        ),
+        "cf_legacy.fid": (
+            "pytorch-fid's preprocessing (bilinear on [0, 255] floats, then x/255, 2x-1) and sqrtm; "
+            f"vs pytorch-fid: {span('x.cf_legacy_vs_pf')}",
+            'as pytorch-fid: `InceptionV3(preprocess="pytorch-fid")`',
+        ),
+        "cf_legacy.kid": (
+            "pytorch-fid's preprocessing, as the FID row",
+            'as pytorch-fid: `InceptionV3(preprocess="pytorch-fid")` (other subsets)',
+        ),
+        "cf_clean.fid": (
+            "resize: PIL bicubic (antialiased), per channel in float mode 'F', not requantised"
+            + (f"; at 299 no resize, formula only ({span('cf_clean.fid', at299)})" if at299 else ""),
+            reproduced("cf_clean.fid", "needs PIL's float bicubic"),
+        ),
+    }
 
 
 EXPERIMENTS = [
@@ -808,36 +862,64 @@ def claim_results(report: Report) -> list[tuple[str, bool]]:
         return all(abs(p - n) <= MATCH for p, n in pairs)
 
     claims = [
-        ("the Python path equals the CLI at every size (FID 1e-9 relative, |ΔKID| ≤ 1e-9)",
-         both(within("python.fid", 1e-9), within("python.kid", 1e-9, table=kabs))),
-        ("pytorch-fid's network on our preprocessing gives our features (1e-4 of the largest) at every size",
-         within("x.network", 1e-4)),
-        ("every FID formula (ours, torch-fidelity, torchmetrics, pytorch-fid) is within 1e-5 of the exact value "
-         "on identical features", both(both(within("f.ours", MATCH), within("f.tf", MATCH)),
-                                       both(within("f.tm", MATCH), within("f.pf", MATCH)))),
-        ("torch-fidelity equals ours at every size (FID 1e-5 relative, |ΔKID| ≤ 1e-5)",
-         both(within("tf.fid", MATCH), within("tf.kid", 1e-5, table=kabs))),
+        (
+            "the Python path equals the CLI at every size (FID 1e-9 relative, |ΔKID| ≤ 1e-9)",
+            both(within("python.fid", 1e-9), within("python.kid", 1e-9, table=kabs)),
+        ),
+        (
+            "pytorch-fid's network on our preprocessing gives our features (1e-4 of the largest) at every size",
+            within("x.network", 1e-4),
+        ),
+        (
+            "every FID formula (ours, torch-fidelity, torchmetrics, pytorch-fid) is within 1e-5 of the exact value "
+            "on identical features",
+            both(
+                both(within("f.ours", MATCH), within("f.tf", MATCH)), both(within("f.tm", MATCH), within("f.pf", MATCH))
+            ),
+        ),
+        (
+            "torch-fidelity equals ours at every size (FID 1e-5 relative, |ΔKID| ≤ 1e-5)",
+            both(within("tf.fid", MATCH), within("tf.kid", 1e-5, table=kabs)),
+        ),
         ("torchmetrics with antialias=False equals ours to 1e-5 at every size", within("tm_noaa.fid", MATCH)),
-        ("torchmetrics' default (antialias=True) equals ours at 299 (1e-5) and differs by more than 1e-3 at "
-         "every other size", both(within("tm.fid", MATCH, at299) if at299 else None, beyond("tm.fid", 1e-3, other)
-                                  if other else None)),
-        ("torchmetrics' KID (antialias fixed True) equals ours at 299 (|ΔKID| ≤ 1e-5)",
-         within("tm.kid", 1e-5, at299, table=kabs) if at299 else None),
-        ("torchmetrics' normalize=True on float generator output differs from its own uint8 path by more than "
-         "1e-4 at every size (truncation)", beyond("x.tm_quant", 1e-4)),
+        (
+            "torchmetrics' default (antialias=True) equals ours at 299 (1e-5) and differs by more than 1e-3 at "
+            "every other size",
+            both(within("tm.fid", MATCH, at299) if at299 else None, beyond("tm.fid", 1e-3, other) if other else None),
+        ),
+        (
+            "torchmetrics' KID (antialias fixed True) equals ours at 299 (|ΔKID| ≤ 1e-5)",
+            within("tm.kid", 1e-5, at299, table=kabs) if at299 else None,
+        ),
+        (
+            "torchmetrics' normalize=True on float generator output differs from its own uint8 path by more than "
+            "1e-4 at every size (truncation)",
+            beyond("x.tm_quant", 1e-4),
+        ),
         ("pytorch-fid differs from ours by more than 1e-3 at every size, 299 included", beyond("pf.fid", 1e-3)),
-        ("the normalisation alone (2x/255-1 vs (x-128)/128) changes FID by more than 1e-3 at every size",
-         beyond("x.norm", 1e-3)),
+        (
+            "the normalisation alone (2x/255-1 vs (x-128)/128) changes FID by more than 1e-3 at every size",
+            beyond("x.norm", 1e-3),
+        ),
         ("at 299, pytorch-fid's whole difference is the normalisation (within 1e-5)", pf_is_norm_at_299()),
-        ("pytorch-fid's recipe (torch bilinear on x/255, 2x-1) on the same network reproduces pytorch-fid to "
-         "1e-5 at every size", within("f.pf", MATCH)),
+        (
+            "pytorch-fid's recipe (torch bilinear on x/255, 2x-1) on the same network reproduces pytorch-fid to "
+            "1e-5 at every size",
+            within("f.pf", MATCH),
+        ),
         ("clean-fid legacy_pytorch equals pytorch-fid to 1e-5 at every size", within("x.cf_legacy_vs_pf", MATCH)),
-        ("clean-fid clean equals ours at 299 (1e-5) and differs by more than 1e-3 at every other size",
-         both(within("cf_clean.fid", MATCH, at299) if at299 else None,
-              beyond("cf_clean.fid", 1e-3, other) if other else None)),
-        ("KID on subsets smaller than N differs between libraries (other draws) by more than 1e-3",
-         beyond("x.kid_half", 1e-3)),
-    ]  # fmt: skip
+        (
+            "clean-fid clean equals ours at 299 (1e-5) and differs by more than 1e-3 at every other size",
+            both(
+                within("cf_clean.fid", MATCH, at299) if at299 else None,
+                beyond("cf_clean.fid", 1e-3, other) if other else None,
+            ),
+        ),
+        (
+            "KID on subsets smaller than N differs between libraries (other draws) by more than 1e-3",
+            beyond("x.kid_half", 1e-3),
+        ),
+    ]
     return [(text, bool(ok)) for text, ok in claims if ok is not None]
 
 

@@ -1,12 +1,41 @@
-"""lightning_fid: exact, distributed FID / KID / CMMD for PyTorch Lightning, measured while training."""
+"""lightning_fid: exact, distributed FID / KID / CMMD and more for PyTorch Lightning, measured while training.
 
-from lightning_fid.callback import GenerativeMetrics
-from lightning_fid.extractors import CLIP, InceptionV3
-from lightning_fid.images import to_uint8
+The engine (:mod:`lightning_fid.engine`), the metrics (:mod:`lightning_fid.metrics`) and the networks
+(:mod:`lightning_fid.extractors`) never import Lightning; the callbacks (:mod:`lightning_fid.callbacks`)
+are imported on first use, so ``import lightning_fid`` works where Lightning is not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from lightning_fid.engine import (
+    Evaluator,
+    FeatureBank,
+    FeatureMoments,
+    RealData,
+    Reference,
+    Statistics,
+    load_statistics,
+    resolve_reference,
+    to_uint8,
+)
+from lightning_fid.extractors import CLIP, DINOv2, InceptionV3
 from lightning_fid.metrics import (
     CMMD,
     FID,
     KID,
+    METRICS,
+    DensityCoverage,
+    FDDINOv2,
+    FIDInfinity,
+    InceptionScore,
+    IntraFID,
+    Metric,
+    Needs,
+    PerClassFID,
+    PrecisionRecall,
     cmmd,
     frechet_distance,
     kid,
@@ -14,27 +43,42 @@ from lightning_fid.metrics import (
     reference_factor,
     sqrtm_psd,
 )
-from lightning_fid.monitors import FreshEarlyStopping
-from lightning_fid.real import RealOptions
-from lightning_fid.reference import Reference, resolve_reference
-from lightning_fid.registry import METRICS, MetricOptions
-from lightning_fid.stats import FeatureBank, FeatureMoments, Statistics, load_statistics
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_LAZY = {"GenerativeMetrics": "lightning_fid.callbacks", "FreshEarlyStopping": "lightning_fid.callbacks"}
+
+
+def __getattr__(name: str) -> Any:
+    """The Lightning callbacks, imported on first use."""
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lightning_fid' has no attribute {name!r}")
+
 
 __all__ = [
     "CLIP",
     "CMMD",
     "FID",
     "KID",
+    "METRICS",
+    "DINOv2",
+    "DensityCoverage",
+    "Evaluator",
+    "FDDINOv2",
+    "FIDInfinity",
     "FeatureBank",
     "FeatureMoments",
     "FreshEarlyStopping",
     "GenerativeMetrics",
+    "InceptionScore",
     "InceptionV3",
-    "METRICS",
-    "MetricOptions",
-    "RealOptions",
+    "IntraFID",
+    "Metric",
+    "Needs",
+    "PerClassFID",
+    "PrecisionRecall",
+    "RealData",
     "Reference",
     "Statistics",
     "cmmd",

@@ -1,7 +1,7 @@
 """``lightning-fid``: fetch weights, compute reference statistics, score folders or .npz files.
 
-lightning-fid download inception|clip [--dir D]
-lightning-fid stats FOLDER -o ref.npz [--extractor inception|clip] [--num N]
+lightning-fid download inception|clip|dinov2 [--dir D]
+lightning-fid stats FOLDER -o ref.npz [--extractor inception|clip|dinov2] [--num N]
 lightning-fid score A B [--metrics fid,kid,cmmd] [--json]     (A, B: image folders or .npz files)
 """
 
@@ -15,11 +15,14 @@ from pathlib import Path
 
 import torch
 
-from lightning_fid import registry
+from lightning_fid.engine._real import RealOptions
+from lightning_fid.engine._reference import is_statistics_file
+from lightning_fid.engine._scoring import Scorer
+from lightning_fid.engine._slots import standard_slot_name
+from lightning_fid.engine._stats import Statistics, load_statistics
 from lightning_fid.extractors.weights import PUBLISHED, WeightsError, cache_dir, download, sha256_of
-from lightning_fid.real import RealOptions
-from lightning_fid.reference import is_statistics_file
-from lightning_fid.stats import Statistics, load_statistics
+from lightning_fid.metrics.base import Metric, RunInfo
+from lightning_fid.metrics.catalog import METRICS
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -34,7 +37,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-_BY_WEIGHTS = {spec.weights: spec for spec in registry.SLOTS.values()}  # "inception" -> the "features" slot
+NETWORKS = ("inception", "clip", "dinov2")
 
 
 def _real_options(args: argparse.Namespace) -> RealOptions:
@@ -43,7 +46,7 @@ def _real_options(args: argparse.Namespace) -> RealOptions:
 
 def _folder_stats(folder: str, slots: list, args: argparse.Namespace) -> dict[str, Statistics]:
     """Statistics of an image folder for every slot, through the same resolution the callback uses."""
-    from lightning_fid.reference import resolve_reference
+    from lightning_fid.engine._reference import resolve_reference
 
     device = torch.device(args.device)
     for slot in slots:
@@ -52,12 +55,17 @@ def _folder_stats(folder: str, slots: list, args: argparse.Namespace) -> dict[st
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from lightning_fid.slots import make_slot
+    from lightning_fid.engine._networks import standard_network
+    from lightning_fid.engine._slots import make_slot
 
     if not Path(args.source).is_dir():
         raise ValueError(f"{args.source} is not a folder of images")
-    spec = _BY_WEIGHTS[args.extractor]
-    slot = make_slot(spec.name, spec.default(args.weights), moments=True, keep_features=False)
+    slot = make_slot(
+        args.extractor,
+        standard_network(args.extractor, getattr(args, f"{args.extractor}_weights")),
+        moments=True,
+        keep_features=False,
+    )
     stats = _folder_stats(args.source, [slot], args)[slot.name]
     stats.metadata = {"extractor": slot.info.name, "weights_sha256": slot.info.fingerprint, "source": str(args.source)}
     stats.save(args.output)
@@ -65,22 +73,41 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
-def _side(path: str, metrics: tuple[str, ...], slots: Callable[[], list], args: argparse.Namespace):
+def _metrics(args: argparse.Namespace, count: int | None = None) -> tuple[Metric, ...]:
+    """The metric objects of ``--metrics`` with the CLI's options; KID's subset size is lowered to
+    ``count`` (the smallest side) with a warning, never silently."""
+    from lightning_fid.metrics import KID, InceptionScore, resolve_metrics
+
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    subset = args.kid_subset_size
+    if count is not None and "kid" in names and subset > count:
+        print(
+            f"lightning-fid score: warning: --kid-subset-size {subset} is larger than the {count} samples of the "
+            f"smaller side; using {count}",
+            file=sys.stderr,
+        )
+        subset = count
+    options = {"kid": lambda: KID(args.kid_subsets, subset), "is": lambda: InceptionScore(args.is_splits)}
+    return resolve_metrics([options[n]() if n in options else n for n in names])
+
+
+def _side(path: str, metrics: tuple[Metric, ...], slots: Callable[[], list], args: argparse.Namespace):
     """Statistics of one side: an .npz file (moments-only metrics) or an image folder (any metric)."""
     if is_statistics_file(path):
-        needs_images = [spec.name for spec in registry.specs(metrics) if spec.features]
+        needs_images = [m.key for m in metrics if m.needs.features or m.needs.per_class]
         if needs_images:
             raise ValueError(f"{path} holds statistics only; {needs_images} need an image folder")
-        return {spec.slot: load_statistics(path) for spec in registry.specs(metrics)}
+        stats = load_statistics(path)
+        return {standard_slot_name(m): stats for m in metrics}
     if not Path(path).is_dir():
         raise ValueError(f"{path} is neither an image folder nor an .npz statistics file")
     return _folder_stats(path, slots(), args)
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from lightning_fid.slots import build_slots
+    from lightning_fid.engine._slots import build_slots
 
-    metrics = registry.check_metric_names(m.strip() for m in args.metrics.split(",") if m.strip())
+    metrics = _metrics(args)
     for path in (args.a, args.b):  # paths first: no weights are loaded for a typo
         if not is_statistics_file(path) and not Path(path).is_dir():
             raise ValueError(f"{path} is neither an image folder nor an .npz statistics file")
@@ -88,8 +115,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     def slots() -> list:  # built once, only if a folder needs extracting
         if not built:
-            weights = {name: getattr(args, f"{spec.weights}_weights") for name, spec in registry.SLOTS.items()}
-            built.extend(build_slots(metrics, weights=weights))
+            weights = {name: getattr(args, f"{name}_weights") for name in NETWORKS}
+            built.extend(build_slots(metrics, weights=weights)[0])
         return built
 
     a, b = (_side(p, metrics, slots, args) for p in (args.a, args.b))
@@ -99,11 +126,14 @@ def _cmd_score(args: argparse.Namespace) -> int:
                 f"mismatched statistics: {args.a} has {a[name].dim}-d features, {args.b} has {b[name].dim}-d"
             )
     counts = [s.n for side in (a, b) for s in side.values() if s.n is not None]
-    subset = min([args.kid_subset_size, *counts])
-    options = registry.MetricOptions(kid_subsets=args.kid_subsets, kid_subset_size=max(2, subset))
-    registry.prepare_reference(metrics, a, options)
-    values: dict[str, float | int | None] = dict(registry.compute(metrics, a, b, options))
-    values["n_a"], values["n_b"] = (next(iter(side.values())).n for side in (a, b))
+    metrics = _metrics(args, min(counts) if counts else None)
+    n_b = next(iter(b.values())).n
+    scorer = Scorer(metrics, [standard_slot_name(m) for m in metrics], RunInfo(num_samples=n_b or 2))
+    scorer.prepare(a)
+    values: dict[str, float | int | None] = dict(scorer.score(a, b))
+    values["n_a"], values["n_b"] = next(iter(a.values())).n, n_b
+    if any(m.name == "kid" for m in metrics):
+        values["kid_subset_size"] = next(m.subset_size for m in metrics if m.name == "kid")
     if args.json:
         print(json.dumps(values, sort_keys=True))
     else:
@@ -113,8 +143,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lightning-fid", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="lightning-fid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("download", help="fetch and verify published weights (for offline clusters)")
     p.add_argument("model", choices=sorted(PUBLISHED), help="which weights")
@@ -124,38 +155,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stats", help="reference statistics of an image folder, as a pytorch-fid .npz")
     p.add_argument("source", help="folder of images")
     p.add_argument("-o", "--output", required=True, help="the .npz to write (mu, sigma, n, metadata)")
-    p.add_argument("--extractor", choices=sorted(_BY_WEIGHTS), default="inception")
-    p.add_argument("--weights", help="explicit weights file (default: cache or download)")
+    p.add_argument("--extractor", choices=NETWORKS, default="inception", help="the network (default: inception)")
     p.set_defaults(func=_cmd_stats)
 
     p = sub.add_parser("score", help="FID / KID / CMMD between two image folders or .npz files")
     p.add_argument("a", help="reference: image folder or .npz")
     p.add_argument("b", help="generated: image folder or .npz")
-    p.add_argument("--metrics", default="fid", help=f"comma-separated, from {','.join(registry.METRICS)}")
+    p.add_argument("--metrics", default="fid", help=f"comma-separated, from {','.join(METRICS)} (default: fid)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--kid-subsets", type=int, default=100)
-    p.add_argument("--kid-subset-size", type=int, default=1000)
-    for weights in sorted({spec.weights for spec in registry.SLOTS.values()}):
-        p.add_argument(f"--{weights}-weights", help=f"explicit {weights} weights file")
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100)")
+    p.add_argument(
+        "--kid-subset-size",
+        type=int,
+        default=1000,
+        help="samples per KID subset (default: 1000; lowered, with a warning, to the smaller side)",
+    )
+    p.add_argument("--is-splits", type=int, default=10, help="Inception Score splits (default: 10)")
     p.set_defaults(func=_cmd_score)
     for sp in (sub.choices["stats"], sub.choices["score"]):
+        for network in NETWORKS:
+            sp.add_argument(
+                f"--{network}-weights", help=f"explicit {network} weights file (default: cache or download)"
+            )
         sp.add_argument("--num", type=int, help="use only the first N images (sorted by path)")
-        sp.add_argument("--batch-size", type=int, default=50)
-        sp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        sp.add_argument("--batch-size", type=int, default=50, help="images per extractor batch (default: 50)")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        sp.add_argument("--device", default=device, help=f"torch device for the networks (default here: {device})")
     return parser
 
 
 def _check_args(args: argparse.Namespace) -> None:
     """Every argument, before any computation or weights loading."""
-    for name, least in (("kid_subsets", 1), ("kid_subset_size", 2), ("batch_size", 1), ("num", 2)):
+    for name, least in (("kid_subsets", 1), ("kid_subset_size", 2), ("is_splits", 1), ("batch_size", 1), ("num", 2)):
         value = getattr(args, name, None)
         if value is not None and value < least:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
     if getattr(args, "metrics", None) is not None:
-        names = registry.check_metric_names(m.strip() for m in args.metrics.split(",") if m.strip())
-        if registry.per_class_slots(names):
-            raise ValueError("per-class metrics need class labels, which image folders do not carry; "
-                             "use GenerativeMetrics(label_key=..., conditions=...) from Python")  # fmt: skip
+        if any(m.needs.per_class for m in _metrics(args)):
+            raise ValueError(
+                "per-class metrics need class labels, which image folders do not carry; "
+                "use GenerativeMetrics(label_key=..., conditions=...) from Python"
+            )
     if getattr(args, "device", None) is not None:
         try:
             device = torch.device(args.device)

@@ -16,3 +16,11 @@ def gaussian_stats(rng: np.random.Generator, d: int, n: int, shift: float = 0.0,
     mix = np.eye(d) + 0.2 * rng.standard_normal((d, d)) / np.sqrt(d)
     x = (rng.standard_normal((n, d)) * scale) @ mix + shift
     return x.mean(0), np.cov(x, rowvar=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_references_from_other_tests():
+    """Each test resolves its own references (the process-wide cache would share them across tests)."""
+    from lightning_fid.engine._reference import forget_resolved
+
+    forget_resolved()

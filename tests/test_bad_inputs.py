@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from lightning_helpers import TinyGAN, fit_recording_steps, make_callback, real_images
+from helpers.tiny import TinyGAN, fit_recording_steps, make_callback, real_images, tiny_slots
 from torch.utils.data import TensorDataset
 
-from lightning_fid import MetricOptions, load_statistics
-from lightning_fid.metrics import cmmd, frechet_distance, kid, reference_factor, sqrtm_psd
-from lightning_fid.stats import FeatureMoments
+from lightning_fid import RealData, load_statistics
+from lightning_fid.engine._accumulators import FeatureMoments
+from lightning_fid.metrics import CMMD, FID, KID, cmmd, frechet_distance, kid, reference_factor, sqrtm_psd
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,10 @@ def _fit(tmp_path, model=None, **kw):
         _fit.trained = fit_recording_steps.trained
 
 
+def _real(data=None, **options):
+    return RealData(TensorDataset(real_images(37)) if data is None else data, **options)
+
+
 def _gen(fn):
     return {"sample_fn": lambda m, n, g: fn(m.sample_images(n, g), n)}
 
@@ -57,12 +61,26 @@ GENERATOR = {
     "two channels": ({"sample_fn": lambda m, n, g: torch.zeros(n, 2, 8, 8)}, Raises(ValueError, r"1 \(grey\) or 3")),
     "a list": ({"sample_fn": lambda m, n, g: [torch.zeros(3, 8, 8)] * n}, Raises(ValueError, "must return a tensor")),
     "numpy array": ({"sample_fn": lambda m, n, g: np.zeros((n, 3, 8, 8))}, Raises(ValueError, "must return a tensor")),
-    "0..255 floats": (_gen(lambda x, n: (x + 1) * 127.5), Raises(ValueError, "generated images span .* set input_range")),
-    "sigmoid declared tanh": (_gen(lambda x, n: (x + 1) / 2), Raises(ValueError, r"upper half of input_range=\(-1, 1\).*input_range=\(0, 1\)")),
-    "tanh declared sigmoid": (dict(input_range=(0, 1), range_check=True, real_input_range=(-1, 1)),
-                              Raises(ValueError, r"generated images span .* input_range is \(0, 1\)")),
-    "uint8 declared float": (_gen(lambda x, n: ((x + 1) * 127.5).to(torch.uint8)), Raises(ValueError, "declare input_range='uint8'")),
-    "float declared uint8": (dict(input_range="uint8", real_input_range=(-1, 1)), Raises(ValueError, "input_range='uint8' but")),
+    "0..255 floats": (
+        _gen(lambda x, n: (x + 1) * 127.5),
+        Raises(ValueError, "generated images span .* set input_range"),
+    ),
+    "sigmoid declared tanh": (
+        _gen(lambda x, n: (x + 1) / 2),
+        Raises(ValueError, r"upper half of input_range=\(-1, 1\).*input_range=\(0, 1\)"),
+    ),
+    "tanh declared sigmoid": (
+        dict(input_range=(0, 1), range_check=True, real=_real(input_range=(-1, 1))),
+        Raises(ValueError, r"generated images span .* input_range is \(0, 1\)"),
+    ),
+    "uint8 declared float": (
+        _gen(lambda x, n: ((x + 1) * 127.5).to(torch.uint8)),
+        Raises(ValueError, "declare input_range='uint8'"),
+    ),
+    "float declared uint8": (
+        dict(input_range="uint8", real=_real(input_range=(-1, 1))),
+        Raises(ValueError, "input_range='uint8' but"),
+    ),
     "int64 images": (_gen(lambda x, n: x.long()), Raises(ValueError, "floating point or uint8")),
     "NaN at start": (_gen(lambda x, n: x * float("nan")), Raises(ValueError, "non-finite")),
     "inf at start": (_gen(lambda x, n: x / 0.0), Raises(ValueError, "non-finite")),
@@ -70,10 +88,15 @@ GENERATOR = {
     "empty image": (_gen(lambda x, n: x[:, :, :0]), Raises(ValueError, "is empty")),
     "sample_fn raises": ({"sample_fn": lambda m, n, g: 1 / 0}, Raises(ZeroDivisionError, "division by zero")),
     "bfloat16 output": (_gen(lambda x, n: x.to(torch.bfloat16)), Value(lambda cb: math.isfinite(cb.history[0]["fid"]))),
-    "requires grad": (_gen(lambda x, n: x.detach().requires_grad_()), Value(lambda cb: math.isfinite(cb.history[0]["fid"]))),
-    "sigmoid, check silenced": (dict(range_check=False, **_gen(lambda x, n: (x + 1) / 2)),
-                                Value(lambda cb: math.isfinite(cb.history[0]["fid"]))),
-}  # fmt: skip
+    "requires grad": (
+        _gen(lambda x, n: x.detach().requires_grad_()),
+        Value(lambda cb: math.isfinite(cb.history[0]["fid"])),
+    ),
+    "sigmoid, check silenced": (
+        dict(range_check=False, **_gen(lambda x, n: (x + 1) / 2)),
+        Value(lambda cb: math.isfinite(cb.history[0]["fid"])),
+    ),
+}
 
 
 @pytest.mark.parametrize("name", sorted(GENERATOR))
@@ -104,23 +127,50 @@ def _zero_one(n=37):
 
 
 REAL = {
-    "ToTensor [0,1] declared (-1,1)": (dict(real=TensorDataset(_zero_one())),
-                                       Raises(ValueError, r"real data span .* upper half of real_input_range=\(-1, 1\).*real_input_range=\(0, 1\)")),
-    "0..255 floats": (dict(real=TensorDataset(_zero_one() * 255)), Raises(ValueError, "real data span .* set real_input_range")),
-    "declared right": (dict(real=TensorDataset(_zero_one()), real_input_range=(0, 1)), Value(lambda cb: cb.history[0]["fid"] > 0)),
-    "uint8 tensors": (dict(real=TensorDataset((_zero_one() * 255).round().to(torch.uint8))), Value(lambda cb: cb.history[0]["fid"] > 0)),
+    "ToTensor [0,1] declared (-1,1)": (
+        dict(real=TensorDataset(_zero_one())),
+        Raises(
+            ValueError, r"real data span .* upper half of RealData.input_range=\(-1, 1\).*RealData.input_range=\(0, 1\)"
+        ),
+    ),
+    "0..255 floats": (
+        dict(real=TensorDataset(_zero_one() * 255)),
+        Raises(ValueError, "real data span .* set RealData.input_range"),
+    ),
+    "declared right": (
+        dict(real=_real(TensorDataset(_zero_one()), input_range=(0, 1))),
+        Value(lambda cb: cb.history[0]["fid"] > 0),
+    ),
+    "uint8 tensors": (
+        dict(real=TensorDataset((_zero_one() * 255).round().to(torch.uint8))),
+        Value(lambda cb: cb.history[0]["fid"] > 0),
+    ),
     "empty": (dict(real=TensorDataset(torch.zeros(0, 3, 8, 8))), Raises(ValueError, "real data is empty")),
-    "one sample": (dict(real=TensorDataset(real_images(1)), metrics=("fid",)), Raises(ValueError, "only 1 real sample")),
-    "num_real over size": (dict(num_real=50), Raises(ValueError, "holds only 37")),
-    "NaN pixels": (dict(real=TensorDataset(real_images(37) * float("nan"))), Raises(ValueError, "real data contain .* non-finite")),
-    "channels last": (dict(real=TensorDataset(real_images(37).permute(0, 2, 3, 1))), Raises(ValueError, "real data .*channels-last")),
-    "dict without image key": (dict(real=torch.utils.data.DataLoader([{"pixels": x} for x in real_images(37)], batch_size=4)),
-                               Raises(ValueError, "pass image_key")),
+    "one sample": (
+        dict(real=TensorDataset(real_images(1)), metrics=("fid",)),
+        Raises(ValueError, "only 1 real sample"),
+    ),
+    "num_real over size": (dict(real=_real(num_real=50)), Raises(ValueError, "holds only 37")),
+    "NaN pixels": (
+        dict(real=TensorDataset(real_images(37) * float("nan"))),
+        Raises(ValueError, "real data contain .* non-finite"),
+    ),
+    "channels last": (
+        dict(real=TensorDataset(real_images(37).permute(0, 2, 3, 1))),
+        Raises(ValueError, "real data .*channels-last"),
+    ),
+    "dict without image key": (
+        dict(real=torch.utils.data.DataLoader([{"pixels": x} for x in real_images(37)], batch_size=4)),
+        Raises(ValueError, "pass image_key"),
+    ),
     "not data": (dict(real=42), Raises(ValueError, "real data must be a DataLoader")),
     "train without loader": (dict(real="train"), Raises(ValueError, r"defines train_dataloader\(\)")),
-    "missing folder": (dict(real="/nonexistent/folder"), Raises(ValueError, "not found|must be a DataLoader")),
-    "silenced check": (dict(real=TensorDataset(_zero_one()), range_check=False), Value(lambda cb: cb.history[0]["fid"] > 0)),
-}  # fmt: skip
+    "missing folder": (dict(real="/nonexistent/folder"), Raises(ValueError, "no such image folder")),
+    "silenced check": (
+        dict(real=_real(TensorDataset(_zero_one()), range_check=False)),
+        Value(lambda cb: cb.history[0]["fid"] > 0),
+    ),
+}
 
 
 @pytest.mark.parametrize("name", sorted(REAL))
@@ -156,7 +206,10 @@ ASYMMETRIC = SIGMA + np.triu(np.ones((6, 6)), 1)
 STATS_FILES = {
     "ours": (dict(mu=MU, sigma=SIGMA, n=np.int64(50)), Value(lambda s: s.n == 50)),
     "pytorch-fid (no n)": (dict(mu=MU, sigma=SIGMA), Value(lambda s: s.n is None)),
-    "EDM float32": (dict(mu=MU.astype(np.float32), sigma=SIGMA.astype(np.float32)), Value(lambda s: s.sigma.dtype == torch.float64)),
+    "EDM float32": (
+        dict(mu=MU.astype(np.float32), sigma=SIGMA.astype(np.float32)),
+        Value(lambda s: s.sigma.dtype == torch.float64),
+    ),
     "NaN in sigma": (dict(mu=MU, sigma=SIGMA * np.nan), Raises(ValueError, "stats.npz: sigma contains")),
     "inf in mu": (dict(mu=MU / 0, sigma=SIGMA), Raises(ValueError, "stats.npz: mu contains")),
     "asymmetric": (dict(mu=MU, sigma=ASYMMETRIC), Raises(ValueError, "stats.npz: sigma is not symmetric")),
@@ -170,8 +223,11 @@ STATS_FILES = {
     "mu 2-d": (dict(mu=SIGMA, sigma=SIGMA), Raises(ValueError, r"expected \(d,\) and \(d, d\)")),
     "shapes differ": (dict(mu=MU[:5], sigma=SIGMA), Raises(ValueError, r"expected \(d,\) and \(d, d\)")),
     "complex": (dict(mu=MU.astype(complex), sigma=SIGMA), Raises(ValueError, "real numbers")),
-    "pickled object": (dict(mu=np.array([_Payload()], dtype=object), sigma=SIGMA), Raises(ValueError, "cannot read statistics file")),
-}  # fmt: skip
+    "pickled object": (
+        dict(mu=np.array([_Payload()], dtype=object), sigma=SIGMA),
+        Raises(ValueError, "cannot read statistics file"),
+    ),
+}
 
 
 @pytest.mark.parametrize("name", sorted(STATS_FILES))
@@ -203,9 +259,18 @@ R = torch.from_numpy(np.random.default_rng(0).random((60, 6)))
 F = torch.from_numpy(np.random.default_rng(1).random((50, 6)) + 0.1)
 
 METRIC_FUNCTIONS = {
-    "FID dims differ": (lambda: frechet_distance(MU, SIGMA, MU[:5], SIGMA[:5, :5]), Raises(ValueError, "dimension mismatch")),
-    "FID asymmetric sigma1": (lambda: frechet_distance(MU, ASYMMETRIC, MU, SIGMA), Raises(ValueError, "sigma1 is not symmetric")),
-    "FID sigma2 not PSD": (lambda: frechet_distance(MU, SIGMA, MU, NOT_PSD), Raises(ValueError, "sigma2 is not positive semi-definite")),
+    "FID dims differ": (
+        lambda: frechet_distance(MU, SIGMA, MU[:5], SIGMA[:5, :5]),
+        Raises(ValueError, "dimension mismatch"),
+    ),
+    "FID asymmetric sigma1": (
+        lambda: frechet_distance(MU, ASYMMETRIC, MU, SIGMA),
+        Raises(ValueError, "sigma1 is not symmetric"),
+    ),
+    "FID sigma2 not PSD": (
+        lambda: frechet_distance(MU, SIGMA, MU, NOT_PSD),
+        Raises(ValueError, "sigma2 is not positive semi-definite"),
+    ),
     "FID NaN mu": (lambda: frechet_distance(MU * np.nan, SIGMA, MU, SIGMA), Raises(ValueError, "mu1 contains")),
     "FID of a set with itself": (lambda: frechet_distance(MU, SIGMA, MU, SIGMA), Value(lambda v: v == 0.0)),
     "sqrtm of not PSD": (lambda: sqrtm_psd(NOT_PSD), Raises(ValueError, "not positive semi-definite")),
@@ -216,17 +281,19 @@ METRIC_FUNCTIONS = {
     "KID NaN features": (lambda: kid(R * np.nan, F, 5, 10), Raises(ValueError, "real_features contains")),
     "KID dims differ": (lambda: kid(R, F[:, :5], 5, 10), Raises(ValueError, "feature dimension mismatch")),
     "KID one real row": (lambda: kid(R[:1], F, 5, 10), Raises(ValueError, "at least 2 samples")),
-    "KID int16 features": (lambda: kid(R.mul(100).to(torch.int16), F.mul(100).to(torch.int16), 5, 10),
-                           Value(lambda v: v == kid(R.mul(100).to(torch.int16).double(), F.mul(100).to(torch.int16).double(), 5, 10))),
+    "KID int16 features": (
+        lambda: kid(R.mul(100).to(torch.int16), F.mul(100).to(torch.int16), 5, 10),
+        Value(lambda v: v == kid(R.mul(100).to(torch.int16).double(), F.mul(100).to(torch.int16).double(), 5, 10)),
+    ),
     "CMMD sigma 0": (lambda: cmmd(R, F, sigma=0.0), Raises(ValueError, "sigma")),
     "CMMD sigma negative": (lambda: cmmd(R, F, sigma=-1.0), Raises(ValueError, "sigma")),
     "CMMD sigma NaN": (lambda: cmmd(R, F, sigma=float("nan")), Raises(ValueError, "sigma")),
     "bool features": (lambda: kid(R > 0.5, F > 0.5, 5, 10), Raises(ValueError, "real numbers")),
     "complex features": (lambda: kid(R.to(torch.complex64), F, 5, 10), Raises(ValueError, "real numbers")),
     "moments of dim 0": (lambda: FeatureMoments(0), Raises(ValueError, "dim must be positive")),
-    "options: 0 subsets": (lambda: MetricOptions(kid_subsets=0), Raises(ValueError, "kid_subsets")),
-    "options: inf scale": (lambda: MetricOptions(cmmd_scale=float("inf")), Raises(ValueError, "cmmd_scale")),
-}  # fmt: skip
+    "options: 0 subsets": (lambda: KID(subsets=0), Raises(ValueError, "KID subsets")),
+    "options: inf scale": (lambda: CMMD(scale=float("inf")), Raises(ValueError, "CMMD scale")),
+}
 
 
 @pytest.mark.parametrize("name", sorted(METRIC_FUNCTIONS))
@@ -265,8 +332,11 @@ RGB8 = np.stack([RAMP8, RAMP8[::-1], RAMP8.T], axis=2)
 IMAGE_FILES = {
     "RGB": ("RGB", RGB8, Value(lambda t: torch.equal(t.permute(1, 2, 0), torch.from_numpy(RGB8)))),
     "grey L": ("L", RAMP8, Value(lambda t: torch.equal(t[0], torch.from_numpy(RAMP8)) and torch.equal(t[0], t[2]))),
-    "16-bit grey (scaled, not clipped)": ("I;16", RAMP8.astype(np.uint16) * 257,
-                                           Value(lambda t: torch.equal(t[0], torch.from_numpy(RAMP8)))),
+    "16-bit grey (scaled, not clipped)": (
+        "I;16",
+        RAMP8.astype(np.uint16) * 257,
+        Value(lambda t: torch.equal(t[0], torch.from_numpy(RAMP8))),
+    ),
     "palette": ("P", RGB8, Value(lambda t: t.shape == (3, 64, 64) and t.dtype == torch.uint8)),
     "RGBA (alpha dropped)": ("RGBA", RGB8, Value(lambda t: torch.equal(t.permute(1, 2, 0), torch.from_numpy(RGB8)))),
     "LA": ("LA", RAMP8, Value(lambda t: torch.equal(t[1], torch.from_numpy(RAMP8)))),
@@ -274,12 +344,12 @@ IMAGE_FILES = {
     "CMYK": ("CMYK", RGB8, Value(lambda t: t.shape == (3, 64, 64))),
     "32-bit integer": ("I", RAMP8.astype(np.int32) * 1000, Raises(ValueError, r"x.tif: 32-bit integer image")),
     "32-bit float": ("F", RAMP8.astype(np.float32) / 255, Raises(ValueError, r"x.tif: 32-bit float image")),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(IMAGE_FILES))
 def test_image_files(tmp_path, name):
-    from lightning_fid.real import read_image
+    from lightning_fid.engine._image_files import read_image
 
     mode, array, outcome = IMAGE_FILES[name]
     path = _image(tmp_path, mode, array)
@@ -287,7 +357,7 @@ def test_image_files(tmp_path, name):
 
 
 def test_unreadable_image_is_named(tmp_path):
-    from lightning_fid.real import read_image
+    from lightning_fid.engine._image_files import read_image
 
     path = tmp_path / "broken.png"
     path.write_bytes(b"\x89PNG not really")
@@ -297,14 +367,14 @@ def test_unreadable_image_is_named(tmp_path):
 
 # ---------------------------------------------------------------- cache
 def _resolve(tmp_path, cache_dir=None, **options):
-    from lightning_helpers import TinyFeatures
+    from helpers.tiny import TinyFeatures
 
-    from lightning_fid import RealOptions, resolve_reference
-    from lightning_fid.cache import StatsCache
-    from lightning_fid.slots import build_slots
+    from lightning_fid import resolve_reference
+    from lightning_fid.engine._cache import StatsCache
+    from lightning_fid.engine._real import RealOptions
 
     data = options.pop("data", TensorDataset(real_images(37)))
-    slots = build_slots(("fid",), {"features": options.pop("extractor", TinyFeatures())})
+    slots = tiny_slots(("fid",), options.pop("extractor", TinyFeatures()))
     cache = StatsCache(cache_dir or tmp_path / "cache")
     return resolve_reference(data, slots, RealOptions(input_range=(-1, 1), batch_size=5, **options), cache=cache), slots
 
@@ -314,15 +384,27 @@ def _transform(batch):
 
 
 CACHE = {
-    "lambda transform: not cached, says so": (dict(transform=lambda b: b[0]),
-                                              Value(lambda r: r[0].key.startswith("uncached"), "no stable identity")),
-    "lambda with reference_id: cached": (dict(transform=lambda b: b[0], reference_id="cifar-train-v1"),
-                                         Value(lambda r: not r[0].key.startswith("uncached"))),
-    "module-level transform: cached": (dict(transform=_transform), Value(lambda r: not r[0].key.startswith("uncached"))),
-    "lambda collate: not cached": (dict(data=torch.utils.data.DataLoader(TensorDataset(real_images(37)),
-                                                                         collate_fn=lambda b: torch.stack([x[0] for x in b]))),
-                                   Value(lambda r: r[0].key.startswith("uncached"), "collate_fn has no stable identity")),
-}  # fmt: skip
+    "lambda transform: not cached, says so": (
+        dict(transform=lambda b: b[0]),
+        Value(lambda r: r[0].key.startswith("uncached"), "no stable identity"),
+    ),
+    "lambda with reference_id: cached": (
+        dict(transform=lambda b: b[0], reference_id="cifar-train-v1"),
+        Value(lambda r: not r[0].key.startswith("uncached")),
+    ),
+    "module-level transform: cached": (
+        dict(transform=_transform),
+        Value(lambda r: not r[0].key.startswith("uncached")),
+    ),
+    "lambda collate: not cached": (
+        dict(
+            data=torch.utils.data.DataLoader(
+                TensorDataset(real_images(37)), collate_fn=lambda b: torch.stack([x[0] for x in b])
+            )
+        ),
+        Value(lambda r: r[0].key.startswith("uncached"), "collate_fn has no stable identity"),
+    ),
+}
 
 
 @pytest.mark.parametrize("name", sorted(CACHE))
@@ -332,7 +414,7 @@ def test_cache_identity(tmp_path, name):
 
 
 def test_cache_key_covers_extractor_configuration(tmp_path):
-    from lightning_helpers import TinyFeatures
+    from helpers.tiny import TinyFeatures
 
     class Pooled(TinyFeatures):  # same weights, another configuration
         def __init__(self, pool):
@@ -359,33 +441,61 @@ def test_unwritable_cache_warns_and_continues(tmp_path, how):
         folder.write_text("not a folder")
     with pytest.warns(UserWarning, match="cannot write the statistics cache"):
         reference, _ = _resolve(tmp_path, cache_dir=folder)
-    assert reference.stats["features"].n == 37
+    assert reference.stats["tiny-features"].n == 37
 
 
 # ---------------------------------------------------------------- resume
 def _state(**changes):
-    state = {"history": [{"epoch": 0, "step": 2, "fid": 1.0}], "best": 1.0, "seed": 0, "num_samples": 23,
-             "metrics": ["fid"]}  # fmt: skip
+    state = {
+        "history": [{"epoch": 0, "step": 2, "fid": 1.0}],
+        "best": 1.0,
+        "seed": 0,
+        "num_samples": 23,
+        "metrics": [FID().identity()],
+    }
     state.update(changes)
     return state
 
 
 RESUME = {
     "matching": (_state(), Value(lambda cb: cb.history == [{"epoch": 0, "step": 2, "fid": 1.0}])),
-    "other seed": (_state(seed=5), Value(lambda cb: cb.seed == 5, "checkpoint's seed=5 wins over seed=0")),
-    "other metrics": (_state(metrics=["kid"]), Value(lambda cb: cb.metrics == ("fid",), r"metrics=\('fid',\) from the constructor wins")),
-    "other num_samples": (_state(num_samples=99), Value(lambda cb: cb.num_samples == 23, "constructor wins.*checkpoint used 99")),
+    "other seed": (_state(seed=5), Value(lambda cb: cb.evaluator.seed == 5, "checkpoint's seed=5 wins over seed=0")),
+    "other metrics": (
+        _state(metrics=[KID(subset_size=10).identity()]),
+        Value(
+            lambda cb: [m.key for m in cb.metrics] == ["fid"],
+            r"checkpoint evaluated \['KID\(subsets=100, subset_size=10, seed=None\)\[kid\]'\]; the constructor's \['FID\(\)\[fid\]'\] win",
+        ),
+    ),
+    "other metric option": (
+        _state(metrics=[KID(subset_size=10).identity()]),
+        Value(lambda cb: cb.metrics[0].subset_size == 5, r"subset_size=10.*constructor's .*subset_size=5.* win"),
+        dict(metrics=(KID(subset_size=5),)),
+    ),
+    "0.1 checkpoint: names": (
+        _state(metrics=["fid"]),
+        Value(lambda cb: cb.history == [{"epoch": 0, "step": 2, "fid": 1.0}]),
+    ),
+    "0.1 checkpoint: other names": (
+        _state(metrics=["kid"]),
+        Value(lambda cb: len(cb.history) == 1, r"evaluated \[\"'kid'\"\]; the constructor's \[\"'fid'\"\] win"),
+    ),
+    "metrics not a list": (_state(metrics="fid"), Raises(ValueError, "'metrics' must be a list")),
+    "other num_samples": (
+        _state(num_samples=99),
+        Value(lambda cb: cb.evaluator.num_samples == 23, "constructor wins.*checkpoint used 99"),
+    ),
     "history not a list": (_state(history="oops"), Raises(ValueError, "'history' must be a list")),
     "history of numbers": (_state(history=[1, 2]), Raises(ValueError, "'history' must be a list of dicts")),
     "best a string": (_state(best="low"), Raises(ValueError, "'best' must be a number")),
     "seed a float": (_state(seed=1.5), Raises(ValueError, "'seed' must be an integer")),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(RESUME))
 def test_resume_state(name):
-    state, outcome = RESUME[name]
-    cb = make_callback(metrics=("fid",))
+    state, outcome, *kwargs = RESUME[name]
+    cb = make_callback(**{"metrics": ("fid",), **(kwargs[0] if kwargs else {})})
 
     def load():
         cb.load_state_dict(state)
@@ -424,9 +534,12 @@ CLI = {
     "bad statistics": (["score", "{a}", "{bad}"], "bad.npz: sigma is not positive semi-definite"),
     "stats of a file": (["stats", "{a}", "-o", "{out}"], "not a folder of images"),
     "stats output not npz": (["stats", "{images}", "-o", "{root}/out.txt"], "end in .npz"),
-    "missing weights file": (["stats", "{images}", "-o", "{out}", "--weights", "{root}/none.pth"], "none.pth does not exist"),
+    "missing weights file": (
+        ["stats", "{images}", "-o", "{out}", "--inception-weights", "{root}/none.pth"],
+        "none.pth does not exist",
+    ),
     "corrupt npz": (["score", "{a}", "{images}/0.png.npz"], "neither an image folder nor an .npz|not found"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("name", sorted(CLI))
@@ -434,8 +547,14 @@ def test_cli_user_errors_exit_2_with_one_line(cli_files, name, capsys):
     from lightning_fid import cli
 
     argv, fragment = CLI[name]
-    paths = {"a": cli_files / "a.npz", "b": cli_files / "b.npz", "bad": cli_files / "bad.npz", "root": cli_files,
-             "images": cli_files / "images", "out": cli_files / "out.npz"}  # fmt: skip
+    paths = {
+        "a": cli_files / "a.npz",
+        "b": cli_files / "b.npz",
+        "bad": cli_files / "bad.npz",
+        "root": cli_files,
+        "images": cli_files / "images",
+        "out": cli_files / "out.npz",
+    }
     code = cli.main([arg.format(**paths) for arg in argv])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -463,14 +582,13 @@ def test_kid_never_overflows_float32_silently():
 
 # ---------------------------------------------------------------- distributed: a failing rank
 def _failing_rank_worker(rank, world, where):
-    from lightning_helpers import TinyFeatures
 
-    from lightning_fid import RealOptions, resolve_reference
-    from lightning_fid.pipeline import sample_and_extract
-    from lightning_fid.sampling import make_sampler
-    from lightning_fid.slots import build_slots
+    from lightning_fid import resolve_reference
+    from lightning_fid.engine._pipeline import sample_and_extract
+    from lightning_fid.engine._real import RealOptions
+    from lightning_fid.engine._sampling import make_sampler
 
-    slots = build_slots(("fid",), {"features": TinyFeatures()})
+    slots = tiny_slots(("fid",))
     try:
         if where == "sampler":
 
@@ -479,8 +597,16 @@ def _failing_rank_worker(rank, world, where):
                     raise RuntimeError("rank 1's generator broke")
                 return module.sample_images(n, generator)
 
-            sample_and_extract(make_sampler(sample, None), TinyGAN(), slots, num_samples=20, batch_size=5, seed=0,
-                               input_range=(-1, 1), device=torch.device("cpu"))  # fmt: skip
+            sample_and_extract(
+                make_sampler(sample, None),
+                TinyGAN(),
+                slots,
+                num_samples=20,
+                batch_size=5,
+                seed=0,
+                input_range=(-1, 1),
+                device=torch.device("cpu"),
+            )
         else:
             images = real_images(37) if rank == 0 else real_images(37) * float("nan")
             resolve_reference(TensorDataset(images), slots, RealOptions(input_range=(-1, 1), batch_size=5))
@@ -492,7 +618,7 @@ def _failing_rank_worker(rank, world, where):
 @pytest.mark.multiprocess
 @pytest.mark.parametrize("where", ["sampler", "real data"])
 def test_a_failing_rank_stops_every_rank(tmp_path, where):
-    from dist_utils import run_distributed
+    from helpers.dist import run_distributed
 
     outcomes = run_distributed(_failing_rank_worker, 2, tmp_path, where)
     assert "failed on another rank" in outcomes[0], outcomes

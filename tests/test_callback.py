@@ -7,8 +7,7 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning_helpers import (
+from helpers.tiny import (
     TinyEmbed,
     TinyFeatures,
     TinyGAN,
@@ -16,13 +15,17 @@ from lightning_helpers import (
     loaders,
     make_callback,
     real_images,
+    standard_metrics,
     trainer_kwargs,
 )
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import TensorDataset
 
+from lightning_fid import RealData
+from lightning_fid.engine._images import to_uint8
+from lightning_fid.engine._sampling import noise_generator
 from lightning_fid.extractors.base import Frozen, run_extractor
-from lightning_fid.images import to_uint8
-from lightning_fid.metrics import cmmd, frechet_distance, kid
-from lightning_fid.sampling import noise_generator
+from lightning_fid.metrics import KID, cmmd, frechet_distance, kid
 
 ALL = ("fid", "kid", "cmmd")
 
@@ -84,7 +87,7 @@ def test_resume_gives_the_same_later_values(tmp_path):
     )
     trainer.fit(TinyGAN(), train, val, ckpt_path=ckpt.last_model_path)
     assert any(k.startswith("GenerativeMetrics") for k in state["callbacks"])
-    assert resumed_cb.seed == 0
+    assert resumed_cb.evaluator.seed == 0
     assert [h["epoch"] for h in resumed_cb.history] == [0, 1, 2, 3]
     for before, after in zip(full_cb.history[2:], resumed_cb.history[2:]):
         for key in ALL:
@@ -116,7 +119,10 @@ def _fails_before_training(tmp_path, model=None, **kw):
         ({"sample_fn": lambda m, n, g: torch.rand(n, 3, 8, 8) * 255}, "set input_range"),
         ({"sample_fn": lambda m, n, g: torch.zeros(n, 4, 8, 8)}, "alpha channel"),
         ({"real": torch.utils.data.TensorDataset(torch.zeros(0, 3, 8, 8))}, "real data is empty"),
-        ({"kid_subset_size": 20, "num_real": 15}, "larger than the 15 real samples"),
+        (
+            {"metrics": ("fid", KID(subset_size=20)), "real": RealData(TensorDataset(real_images(37)), num_real=15)},
+            "larger than the 15 real samples",
+        ),
     ],
 )
 def test_misconfiguration_raises_before_training(tmp_path, kwargs, match):
@@ -129,8 +135,8 @@ def test_misconfiguration_raises_before_training(tmp_path, kwargs, match):
     [
         ({"metrics": ("fid", "isc")}, "unknown metric"),
         ({"num_samples": 1}, "at least 2 generated samples"),
-        ({"kid_subset_size": 50}, "kid_subset_size=50 is larger than num_samples=23"),
-        ({"real": "ref.npz"}, "only supports FID"),
+        ({"metrics": (KID(subset_size=50),)}, r"KID\(subset_size=50\) is larger than num_samples=23"),
+        ({"real": "ref.npz"}, "no such image folder or statistics file"),
         ({"input_range": (1, -1)}, "low < high"),
         ({"real": None}, "real= is required"),
     ],
@@ -166,7 +172,7 @@ def test_sample_images_method_is_used_and_modes_restored(tmp_path):
 
 
 def test_npz_reference_and_train_source_and_dict_batches(tmp_path):
-    from lightning_fid.stats import FeatureMoments
+    from lightning_fid.engine._accumulators import FeatureMoments
 
     feats = run_extractor(Frozen(TinyFeatures()), to_uint8(real_images(37), (-1, 1)), (0.0, 1.0))
     FeatureMoments(8).update(feats).save(tmp_path / "ref.npz")
@@ -181,7 +187,7 @@ def test_npz_reference_and_train_source_and_dict_batches(tmp_path):
         def __getitem__(self, i):
             return {"label": 0, "pixels": real_images(37)[i]}
 
-    via_dict = make_callback(tmp_path, real=DictData(), image_key="pixels", metrics=("fid",), use_cache=False)
+    via_dict = make_callback(tmp_path, real=RealData(DictData(), image_key="pixels"), metrics=("fid",), use_cache=False)
     pl.Trainer(callbacks=[via_dict], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, *loaders())
     via_train = make_callback(tmp_path, real="train", metrics=("fid",), use_cache=False)
 
@@ -204,8 +210,8 @@ def test_image_folder_reference_matches_tensor_reference(tmp_path):
     for i, img in enumerate(to_uint8(real_images(37), (-1, 1))):
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
     model = TinyGAN(lr=0.0, bn_momentum=0.0)
-    a = make_callback(tmp_path, real=str(folder), metrics=("fid", "kid"), use_cache=False)
-    b = make_callback(tmp_path, metrics=("fid", "kid"), use_cache=False)
+    a = make_callback(tmp_path, real=str(folder), metrics=standard_metrics()[:2], use_cache=False)
+    b = make_callback(tmp_path, metrics=standard_metrics()[:2], use_cache=False)
     for cb in (a, b):
         pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, *loaders())
     assert a.history[0]["fid"] == pytest.approx(b.history[0]["fid"], rel=1e-12)
@@ -221,8 +227,10 @@ def test_final_evaluation_two_instances_and_callable_source(tmp_path):
     )
     logger = CSVLogger(tmp_path, name="csv")
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
-    trainer = pl.Trainer(callbacks=[small, other, ckpt],
-                         **trainer_kwargs(tmp_path, max_epochs=1, logger=logger, enable_checkpointing=True))  # fmt: skip
+    trainer = pl.Trainer(
+        callbacks=[small, other, ckpt],
+        **trainer_kwargs(tmp_path, max_epochs=1, logger=logger, enable_checkpointing=True),
+    )
     trainer.fit(TinyGAN(), *loaders())
     assert set(small.final_metrics) == {"final_fid"}
     assert small.final_metrics["final_fid"] != small.history[-1]["fid"]  # 40 samples, not 23
@@ -235,7 +243,7 @@ def test_final_evaluation_two_instances_and_callable_source(tmp_path):
 
 
 def test_trainer_validate_without_fit(tmp_path):
-    cb = make_callback(tmp_path, metrics=("fid", "kid"))
+    cb = make_callback(tmp_path, metrics=standard_metrics()[:2])
     trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path))
     results = trainer.validate(TinyGAN(), loaders()[1], verbose=False)
     assert results[0]["fid"] == pytest.approx(cb.history[0]["fid"], rel=1e-6) and "kid" in results[0]
@@ -264,4 +272,4 @@ def test_callback_pickles_before_and_after_fit(tmp_path):
     trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1))
     trainer.fit(TinyGAN(), *loaders())
     again = pickle.loads(pickle.dumps(cb))
-    assert again.history == cb.history and again.reference.key == cb.reference.key
+    assert again.history == cb.history and again.evaluator.reference.key == cb.evaluator.reference.key

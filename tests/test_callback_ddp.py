@@ -6,8 +6,10 @@ from __future__ import annotations
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.tiny import TinyGAN, loaders, make_callback, real_images, standard_metrics, trainer_kwargs
 from lightning.pytorch.callbacks import WeightAveraging
-from lightning_helpers import TinyGAN, loaders, make_callback, real_images, trainer_kwargs
+
+from lightning_fid import RealData
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -30,21 +32,22 @@ def ema(averaged, current, num_averaged):
 CONFIGS = {
     "epochs": dict(callback={}, extra=list, model={"lr": 0.0, "bn_momentum": 0.0}),
     "breadth": dict(
-        callback={"metrics": ("fid", "kid", "cmmd", "precision", "recall", "density", "coverage", "fid_inf")},
+        callback={
+            "metrics": (*standard_metrics(kid_subsets=6), "precision", "recall", "density", "coverage", "fid_inf")
+        },
         extra=list,
         model={"lr": 0.0, "bn_momentum": 0.0},
     ),
     "per_class": dict(
         callback={
             "metrics": ("fid", "fid_per_class", "intra_fid"),
-            "label_key": 1,
             "sample_fn": per_class_sample,
             "conditions": torch.arange(23) % 3,
-            "real": torch.utils.data.TensorDataset(real_images(37), torch.arange(37) % 3),
+            "real": RealData(torch.utils.data.TensorDataset(real_images(37), torch.arange(37) % 3), label_key=1),
         },
         extra=list,
         model={"lr": 0.0, "bn_momentum": 0.0},
-    ),  # fmt: skip
+    ),
     "steps_conditions_ema": dict(
         callback={
             "every_n_steps": 2,
@@ -56,13 +59,13 @@ CONFIGS = {
         extra=lambda: [WeightAveraging(avg_fn=ema)],
         model={"lr": 0.1},
         same_batches=True,
-    ),  # fmt: skip
+    ),
 }
 
 
 def _run(tmp_path, devices, strategy, config):
     tmp_path.mkdir(parents=True, exist_ok=True)
-    cb = make_callback(kid_subsets=6, log_images=0, **config["callback"])
+    cb = make_callback(log_images=0, **{"metrics": standard_metrics(kid_subsets=6), **config["callback"]})
     trainer = pl.Trainer(
         callbacks=[cb, *config["extra"]()],  # fresh callbacks for every run
         **trainer_kwargs(tmp_path, max_epochs=2, devices=devices, strategy=strategy),

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.weights import write_random_inception
 from PIL import Image
 from pytorch_fid.fid_score import compute_statistics_of_path
-from weights_factory import write_random_inception
 
 from lightning_fid import cli
 
@@ -41,7 +41,7 @@ def _run(args, capsys):
 def test_stats_is_read_by_pytorch_fid_and_score_round_trips(setup, capsys):
     root, weights, a, b = setup
     out = root / "a.npz"
-    code, stdout, _ = _run(["stats", str(a), "-o", str(out), "--weights", weights], capsys)
+    code, stdout, _ = _run(["stats", str(a), "-o", str(out), "--inception-weights", weights], capsys)
     assert code == 0 and "12 images" in stdout
     mu, sigma = compute_statistics_of_path(str(out), None, 50, 2048, "cpu")
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
@@ -54,8 +54,22 @@ def test_stats_is_read_by_pytorch_fid_and_score_round_trips(setup, capsys):
 
 def test_score_kid_and_text_output(setup, capsys):
     root, weights, a, b = setup
-    code, stdout, _ = _run(["score", str(a), str(b), "--metrics", "fid,kid", "--kid-subset-size", "8",
-                            "--kid-subsets", "5", "--inception-weights", weights], capsys)  # fmt: skip
+    code, stdout, _ = _run(
+        [
+            "score",
+            str(a),
+            str(b),
+            "--metrics",
+            "fid,kid",
+            "--kid-subset-size",
+            "8",
+            "--kid-subsets",
+            "5",
+            "--inception-weights",
+            weights,
+        ],
+        capsys,
+    )
     assert code == 0
     assert "fid:" in stdout and "kid:" in stdout and "kid_std:" in stdout
 
@@ -64,11 +78,11 @@ def test_errors_are_clear(setup, capsys, tmp_path):
     root, weights, a, b = setup
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, _, err = _run(["stats", str(empty), "-o", str(tmp_path / "x.npz"), "--weights", weights], capsys)
+    code, _, err = _run(["stats", str(empty), "-o", str(tmp_path / "x.npz"), "--inception-weights", weights], capsys)
     assert code == 2 and "no images" in err
     broken = _folder(tmp_path / "broken", 3, 0.2)
     (broken / "001.png").write_bytes(b"not a png")
-    code, _, err = _run(["stats", str(broken), "-o", str(tmp_path / "x.npz"), "--weights", weights], capsys)
+    code, _, err = _run(["stats", str(broken), "-o", str(tmp_path / "x.npz"), "--inception-weights", weights], capsys)
     assert code == 2 and "cannot read image" in err and "001.png" in err
     small = tmp_path / "small.npz"
     np.savez(small, mu=np.zeros(8), sigma=np.eye(8))

@@ -98,6 +98,9 @@ def test_readme_states_what_the_run_shows(report):
         if any(text.startswith(start) for start in REQUIRED):
             assert holds, text
             assert f"- ✓ {text.split(' (')[0]}" in readme or text.split(" (")[0] in readme, text
-    for row in ("| torch-fidelity `calculate_metrics` (folders) | FID |", "| pytorch-fid `calculate_fid_given_paths` | FID |",
-                'InceptionV3(preprocess="pytorch-fid")'):  # fmt: skip
+    for row in (
+        "| torch-fidelity `calculate_metrics` (folders) | FID |",
+        "| pytorch-fid `calculate_fid_given_paths` | FID |",
+        'InceptionV3(preprocess="pytorch-fid")',
+    ):
         assert row in readme, row

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as TF
-from http_helpers import CLOSED_PORT_PROXY
+from helpers.http import CLOSED_PORT_PROXY
 from PIL import Image
 from timm.models import create_model
 from timm.models.vision_transformer import checkpoint_filter_fn
@@ -33,13 +33,21 @@ def meta_format_shapes(dim: int, depth: int, grid: int, patch: int = 14) -> dict
     shapes.update({"patch_embed.proj.weight": (dim, 3, patch, patch), "patch_embed.proj.bias": (dim,)})
     for i in range(depth):
         for name, shape in [
-            ("norm1.weight", (dim,)), ("norm1.bias", (dim,)),
-            ("attn.qkv.weight", (3 * dim, dim)), ("attn.qkv.bias", (3 * dim,)),
-            ("attn.proj.weight", (dim, dim)), ("attn.proj.bias", (dim,)), ("ls1.gamma", (dim,)),
-            ("norm2.weight", (dim,)), ("norm2.bias", (dim,)),
-            ("mlp.fc1.weight", (4 * dim, dim)), ("mlp.fc1.bias", (4 * dim,)),
-            ("mlp.fc2.weight", (dim, 4 * dim)), ("mlp.fc2.bias", (dim,)), ("ls2.gamma", (dim,)),
-        ]:  # fmt: skip
+            ("norm1.weight", (dim,)),
+            ("norm1.bias", (dim,)),
+            ("attn.qkv.weight", (3 * dim, dim)),
+            ("attn.qkv.bias", (3 * dim,)),
+            ("attn.proj.weight", (dim, dim)),
+            ("attn.proj.bias", (dim,)),
+            ("ls1.gamma", (dim,)),
+            ("norm2.weight", (dim,)),
+            ("norm2.bias", (dim,)),
+            ("mlp.fc1.weight", (4 * dim, dim)),
+            ("mlp.fc1.bias", (4 * dim,)),
+            ("mlp.fc2.weight", (dim, 4 * dim)),
+            ("mlp.fc2.bias", (dim,)),
+            ("ls2.gamma", (dim,)),
+        ]:
             shapes[f"blocks.{i}.{name}"] = shape
     shapes.update({"norm.weight": (dim,), "norm.bias": (dim,)})
     return shapes

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from dist_utils import run_distributed, uneven_split
+from helpers.dist import run_distributed, uneven_split
 
-from lightning_fid.metrics import CMMD, FID, KID, cmmd, kid, kid_full
-from lightning_fid.stats import FeatureBank, FeatureMoments
+from lightning_fid.engine._accumulators import FeatureBank, FeatureMoments
+from lightning_fid.metrics import cmmd, kid, kid_full
+from lightning_fid.standalone import CMMD, FID, KID
 
 pytestmark = pytest.mark.multiprocess
 

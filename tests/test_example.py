@@ -17,7 +17,7 @@ def test_digits_gan_fast(tmp_path, capsys):
     history = result["history"]
     assert len(history) >= 3
     for row in history:
-        assert {"fid", "kid", "kid_std", "cmmd", "precision", "recall", "density", "coverage", "eval_seconds"} <= set(
+        assert {"fid", "kid", "kid_std", "mmd", "precision", "recall", "density", "coverage", "eval_seconds"} <= set(
             row
         )
         assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1 and 0 <= row["coverage"] <= 1

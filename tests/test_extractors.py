@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch_fidelity.feature_extractor_inceptionv3 as tf_inception
+from helpers.weights import write_random_clip, write_random_inception
 from PIL import Image
 from torch import nn
-from weights_factory import write_random_clip, write_random_inception
 
 from lightning_fid.extractors import CLIP, Frozen, InceptionV3, WeightsError, describe, run_extractor
 from lightning_fid.extractors.clip import CLIP_MEAN, CLIP_STD, load_clip_state_dict

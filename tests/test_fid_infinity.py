@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dist_utils import run_distributed
+from helpers.dist import run_distributed
 
 from lightning_fid.metrics import frechet_distance, reference_factor
 from lightning_fid.metrics.fid_infinity import fid_infinity, fit_intercept, sample_sizes, subsets

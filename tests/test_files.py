@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_fid.cache import StatsCache
-from lightning_fid.files import atomic_write, current_umask
-from lightning_fid.reporting import image_grid, log_grid
-from lightning_fid.stats import FeatureMoments
+from lightning_fid.callbacks._reporting import log_grid
+from lightning_fid.engine._accumulators import FeatureMoments
+from lightning_fid.engine._cache import StatsCache
+from lightning_fid.engine._files import atomic_write, current_umask
+from lightning_fid.engine._images import image_grid
 
 
 @pytest.fixture

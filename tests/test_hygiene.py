@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning_helpers import Z_DIM, TinyFeatures, TinyGAN, loaders, make_callback, trainer_kwargs
+from helpers.tiny import Z_DIM, TinyFeatures, TinyGAN, loaders, make_callback, standard_metrics, trainer_kwargs
 
-from lightning_fid.hygiene import full_precision, is_full_precision, preserved_rng
+from lightning_fid.engine._hygiene import full_precision, is_full_precision, preserved_rng
 
 
 class NoisyGAN(TinyGAN):
@@ -26,7 +26,7 @@ class NoisyGAN(TinyGAN):
 def _train(tmp_path, cache_dir):
     pl.seed_everything(7)
     model = NoisyGAN()
-    cb = make_callback(tmp_path, cache_dir=cache_dir, metrics=("fid", "kid"))
+    cb = make_callback(tmp_path, cache_dir=cache_dir, metrics=standard_metrics()[:2])
     train = torch.utils.data.DataLoader(loaders()[0].dataset, batch_size=8, shuffle=True)
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=3)).fit(model, train, loaders()[1])
     return model, cb
@@ -78,7 +78,7 @@ class PrecisionSpy(TinyFeatures):
 
 def test_autocast_outside_does_not_change_the_value_and_flags_are_restored(tmp_path):
     spy = PrecisionSpy()
-    cb = make_callback(tmp_path, metrics=("fid", "kid"), feature_extractor=spy)
+    cb = make_callback(tmp_path, metrics=standard_metrics()[:2], feature_extractor=spy)
     model = TinyGAN()
     plain, _ = cb.evaluate(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -159,13 +159,12 @@ def test_three_argument_samplers_and_sample_images_with_keywords(tmp_path):
 
 def test_two_callbacks_share_one_extractor_and_one_reference_pass(tmp_path):
     features = TinyFeatures()
-    first = make_callback(metrics=("fid",), feature_extractor=features)
-    second = make_callback(metrics=("fid",), feature_extractor=features, prefix="ema/", num_samples=10,
-                           kid_subset_size=5)  # fmt: skip
+    first = make_callback(tmp_path, metrics=("fid",), feature_extractor=features)
+    second = make_callback(tmp_path, metrics=("fid",), feature_extractor=features, prefix="ema/", num_samples=10)
     trainer = pl.Trainer(callbacks=[first, second], **trainer_kwargs(tmp_path, max_epochs=1))
     trainer.fit(TinyGAN(), *loaders())
-    assert second.slots[0].module is first.slots[0].module
-    assert second.reference is first.reference  # one real pass for both
+    assert second.evaluator.slots[0].module.module is first.evaluator.slots[0].module.module
+    assert second.evaluator.reference is first.evaluator.reference  # one real pass for both
     dry_runs = 2 * 1  # one full batch each
     sampling = 5 + 2  # 23 samples in batches of 5, and 10 in batches of 5
     assert features.calls == 8 + dry_runs + sampling  # 8 real batches once, not twice

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lightning_fid.reporting import image_grid, log_grid
+from lightning_fid.callbacks._reporting import log_grid
+from lightning_fid.engine._images import image_grid
 
 
 class MLFlowLogger:  # same class name and image API as lightning's MLFlowLogger (mlflow is not installed here)

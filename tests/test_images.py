@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.utils import save_image
 
-from lightning_fid.images import to_uint8
+from lightning_fid.engine._images import to_uint8
 
 
 def _png_bytes(img: torch.Tensor, tmp_path, value_range=None) -> np.ndarray:

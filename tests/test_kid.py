@@ -11,9 +11,13 @@ from lightning_fid.metrics import kid, kid_full
 from lightning_fid.metrics.kid import subset_indices
 
 TF_KWARGS = dict(
-    rng_seed=0, verbose=False, kid_kernel="poly", kid_kernel_poly_degree=3,
-    kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1,
-)  # fmt: skip
+    rng_seed=0,
+    verbose=False,
+    kid_kernel="poly",
+    kid_kernel_poly_degree=3,
+    kid_kernel_poly_gamma=None,
+    kid_kernel_poly_coef0=1,
+)
 
 
 def _features(rng, n, d, shift=0.0, dtype=np.float64):

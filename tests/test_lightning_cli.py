@@ -23,13 +23,16 @@ trainer:
     - class_path: lightning_fid.GenerativeMetrics
       init_args:
         real: val
-        metrics: [fid, kid]
+        metrics:
+          - fid
+          - class_path: lightning_fid.metrics.KID
+            init_args:
+              subsets: 4
+              subset_size: 10
         feature_extractor:
-          class_path: lightning_helpers.TinyFeatures
+          class_path: helpers.tiny.TinyFeatures
         num_samples: 23
         batch_size: 5
-        kid_subsets: 4
-        kid_subset_size: 10
         input_range: [-1.0, 1.0]
         use_cache: false
         progress: false
@@ -39,9 +42,9 @@ trainer:
         monitor: fid
         patience: 3
 model:
-  class_path: lightning_helpers.TinyGAN
+  class_path: helpers.tiny.TinyGAN
 data:
-  class_path: lightning_helpers.TinyData
+  class_path: helpers.tiny.TinyData
 """
 
 

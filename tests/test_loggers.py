@@ -8,8 +8,8 @@ import struct
 
 import lightning.pytorch as pl
 import pytest
+from helpers.tiny import TinyGAN, loaders, make_callback, trainer_kwargs
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-from lightning_helpers import TinyGAN, loaders, make_callback, trainer_kwargs
 
 
 def test_tensorboard_receives_scalars_and_images(tmp_path):

@@ -8,36 +8,39 @@ import warnings
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning_helpers import TinyFeatures, TinyGAN, loaders, make_callback, real_images, trainer_kwargs
-from weights_factory import write_random_inception
+from helpers.tiny import TinyFeatures, TinyGAN, loaders, make_callback, real_images, trainer_kwargs
+from helpers.weights import write_random_inception
 
+from lightning_fid.engine._images import to_uint8
+from lightning_fid.engine._pipeline import Accumulator
+from lightning_fid.engine._sampling import noise_generator
+from lightning_fid.engine._slots import build_slots
 from lightning_fid.extractors.base import run_extractor
-from lightning_fid.images import to_uint8
 from lightning_fid.metrics import (
+    FDDINOv2,
     density_coverage,
     fid_infinity,
     frechet_distance,
     inception_score,
     precision_recall,
+    resolve_metrics,
 )
-from lightning_fid.pipeline import Accumulator
-from lightning_fid.sampling import noise_generator
-from lightning_fid.slots import build_slots
 
 BALLS = ("fid", "precision", "recall", "density", "coverage", "fid_inf")
 
 
 def _features(model, n=23, batch=5):
     model.eval()
-    images = torch.cat([model.sample_images(min(batch, n - s), noise_generator(0, b))
-                        for b, s in enumerate(range(0, n, batch))]).detach()  # fmt: skip
+    images = torch.cat(
+        [model.sample_images(min(batch, n - s), noise_generator(0, b)) for b, s in enumerate(range(0, n, batch))]
+    ).detach()
     fake = run_extractor(TinyFeatures(), to_uint8(images, (-1, 1)), (0.0, 1.0))
     real = run_extractor(TinyFeatures(), to_uint8(real_images(37), (-1, 1)), (0.0, 1.0))
     return real, fake
 
 
 def test_ball_metrics_and_fid_inf_in_a_trainer_equal_the_functions(tmp_path):
-    cb = make_callback(tmp_path, metrics=BALLS, kid_subset_size=2)
+    cb = make_callback(tmp_path, metrics=BALLS)
     model = TinyGAN()
     pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, *loaders())
     real, fake = _features(model)
@@ -48,15 +51,16 @@ def test_ball_metrics_and_fid_inf_in_a_trainer_equal_the_functions(tmp_path):
     assert got["fid"] == pytest.approx(frechet_distance(r.mean(0), torch.cov(r.T), f.mean(0), torch.cov(f.T)), rel=1e-9)
     expected_inf = fid_infinity(r.mean(0), torch.cov(r.T), fake, seed=0)
     assert got["fid_inf"] == pytest.approx(expected_inf, rel=1e-9)
-    assert cb.slots[0].module.module.calls > 0 and len(cb.slots) == 1  # one network for all six
+    assert cb.evaluator.slots[0].module.module.calls > 0 and len(cb.evaluator.slots) == 1  # one network for all six
 
 
 def test_fd_dinov2_slot_takes_its_own_extractor(tmp_path):
     encoder = TinyFeatures(seed=4)
-    cb = make_callback(tmp_path, metrics=("fid", "fd_dinov2"), dinov2_extractor=encoder)
+    cb = make_callback(tmp_path, metrics=("fid", FDDINOv2(extractor=encoder)))
     model = TinyGAN()
     values, _ = cb.evaluate(model)
-    assert [s.name for s in cb.slots] == ["features", "dinov2"] and cb.slots[1].module.module is encoder
+    assert [s.name for s in cb.evaluator.slots] == ["tiny-features", "tiny-features-2"]
+    assert cb.evaluator.slots[1].module.module is encoder
     assert values["fd_dinov2"] != values["fid"] and values["fd_dinov2"] > 0
 
 
@@ -67,8 +71,8 @@ def test_inception_score_shares_the_fid_forward_pass(tmp_path):
     weights = write_random_inception(tmp_path / "inception.pth")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        slots = build_slots(("fid", "kid", "is"), weights={"features": weights, "logits": weights})
-    assert [s.name for s in slots] == ["features", "logits"] and slots[0].module is slots[1].module
+        slots, _ = build_slots(resolve_metrics(("fid", "kid", "is")), weights={"inception": weights})
+    assert [s.name for s in slots] == ["inception", "inception-logits"] and slots[0].module is slots[1].module
     assert slots[1].info.feature_dim == 1008 and slots[1].output == 1
     calls = []
     slots[0].module.module.net.register_forward_hook(lambda *a: calls.append(1))
@@ -77,12 +81,15 @@ def test_inception_score_shares_the_fid_forward_pass(tmp_path):
     acc.add(images, torch.arange(6))
     stats = acc.finish()
     assert len(calls) == 1  # one forward pass feeds FID, KID and IS
-    bare = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                       feature_extractor_weights_path=str(weights))  # fmt: skip
+    bare = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(weights)
+    )
     with torch.no_grad():
         pool, logits = bare(images)
-    torch.testing.assert_close(stats["features"].features, pool, rtol=1e-5, atol=1e-5)
-    assert inception_score(stats["logits"].features, splits=2) == pytest.approx(inception_score(logits, 2), rel=1e-6)
+    torch.testing.assert_close(stats["inception"].features, pool, rtol=1e-5, atol=1e-5)
+    assert inception_score(stats["inception-logits"].features, splits=2) == pytest.approx(
+        inception_score(logits, 2), rel=1e-6
+    )
 
 
 def test_cli_scores_ball_metrics_on_folders(tmp_path, capsys):
@@ -102,8 +109,18 @@ def test_cli_scores_ball_metrics_on_folders(tmp_path, capsys):
             Image.fromarray(pixels).save(folder / f"{i}.png")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = cli.main(["score", str(tmp_path / "a"), str(tmp_path / "b"), "--metrics", "precision,recall,coverage",
-                         "--json", "--inception-weights", str(weights)])  # fmt: skip
+        code = cli.main(
+            [
+                "score",
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "--metrics",
+                "precision,recall,coverage",
+                "--json",
+                "--inception-weights",
+                str(weights),
+            ]
+        )
     values = json.loads(capsys.readouterr().out)
     assert code == 0 and set(values) >= {"precision", "recall", "coverage"}
     assert all(0.0 <= values[k] <= 1.0 for k in ("precision", "recall", "coverage"))

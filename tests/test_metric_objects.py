@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_fid.metrics import CMMD, FID, KID, cmmd, frechet_distance, kid
+from lightning_fid.metrics import cmmd, frechet_distance, kid
+from lightning_fid.standalone import CMMD, FID, KID
 
 
 def _sets(seed=0, d=8):
@@ -71,7 +72,7 @@ def test_objects_run_a_feature_extractor_without_grad():
 
 def test_ball_metric_and_inception_score_objects_equal_the_functions(rng):
     from lightning_fid.metrics import density_coverage, inception_score, precision_recall
-    from lightning_fid.metrics.modules import DensityCoverage, InceptionScore, PrecisionRecall
+    from lightning_fid.standalone import DensityCoverage, InceptionScore, PrecisionRecall
 
     real = torch.from_numpy(rng.random((80, 6)))
     fake = torch.from_numpy(rng.random((70, 6)) + 0.05)

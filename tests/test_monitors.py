@@ -7,12 +7,12 @@ import pickle
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.tiny import TinyGAN, loaders, make_callback, trainer_kwargs
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning_helpers import TinyGAN, loaders, make_callback, trainer_kwargs
 
 from lightning_fid import FreshEarlyStopping
-from lightning_fid.monitors import _Check, is_fresh
-from lightning_fid.schedule import Cadence
+from lightning_fid.callbacks._monitors import _Check, is_fresh
+from lightning_fid.callbacks._schedule import Cadence
 
 
 def _constant_fid_run(tmp_path, stopper, every_n_epochs=1, **trainer_kw):
@@ -87,12 +87,20 @@ class PlateauGAN(TinyGAN):
     def configure_optimizers(self):
         opt = torch.optim.SGD(self.parameters(), lr=0.05)
         plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": plateau, "monitor": "fid",
-                                                   "interval": self.interval, "frequency": self.frequency}}  # fmt: skip
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {
+                "scheduler": plateau,
+                "monitor": "fid",
+                "interval": self.interval,
+                "frequency": self.frequency,
+            },
+        }
 
 
-@pytest.mark.parametrize("frequency, interval, ok", [(2, "epoch", True), (4, "epoch", True), (1, "epoch", False),
-                                                     (2, "step", False)])  # fmt: skip
+@pytest.mark.parametrize(
+    "frequency, interval, ok", [(2, "epoch", True), (4, "epoch", True), (1, "epoch", False), (2, "step", False)]
+)
 def test_plateau_scheduler_on_our_key(tmp_path, frequency, interval, ok):
     cb = make_callback(tmp_path, metrics=("fid",), every_n_epochs=2)
     trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=4))

@@ -8,14 +8,15 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
-from lightning_helpers import TinyFeatures, TinyGAN, loaders, make_callback, real_images, trainer_kwargs
+from helpers.tiny import TinyFeatures, TinyGAN, loaders, make_callback, real_images, trainer_kwargs
 from torch.utils.data import TensorDataset
 
+from lightning_fid import RealData
+from lightning_fid.engine._images import to_uint8
+from lightning_fid.engine._pipeline import check_class_memory
+from lightning_fid.engine._sampling import noise_generator
 from lightning_fid.extractors.base import run_extractor
-from lightning_fid.images import to_uint8
 from lightning_fid.metrics import frechet_distance
-from lightning_fid.pipeline import check_class_memory
-from lightning_fid.sampling import noise_generator
 
 CLASSES = 3
 LABELS = torch.arange(30) % CLASSES
@@ -26,9 +27,14 @@ def conditional(module, batch_size, generator, conditions):
     return module.sample_images(batch_size, generator) * (0.5 + 0.2 * conditions.view(-1, 1, 1, 1))
 
 
-def per_class_callback(tmp_path=None, **kw):
-    args = dict(real=TensorDataset(real_images(37), REAL_LABELS), label_key=1, sample_fn=conditional,
-                conditions=LABELS, num_samples=30, metrics=("fid", "fid_per_class", "intra_fid"))  # fmt: skip
+def per_class_callback(tmp_path=None, label_key=1, **kw):
+    args = dict(
+        real=RealData(TensorDataset(real_images(37), REAL_LABELS), label_key=label_key),
+        sample_fn=conditional,
+        conditions=LABELS,
+        num_samples=30,
+        metrics=("fid", "fid_per_class", "intra_fid"),
+    )
     args.update(kw)
     return make_callback(tmp_path, **args)
 
@@ -36,8 +42,9 @@ def per_class_callback(tmp_path=None, **kw):
 def _direct(model):
     model.eval()
     batches = [(s, min(5, 30 - s)) for s in range(0, 30, 5)]
-    images = torch.cat([conditional(model, n, noise_generator(0, b), LABELS[s : s + n]) for b, (s, n) in
-                        enumerate(batches)]).detach()  # fmt: skip
+    images = torch.cat(
+        [conditional(model, n, noise_generator(0, b), LABELS[s : s + n]) for b, (s, n) in enumerate(batches)]
+    ).detach()
     fake = run_extractor(TinyFeatures(), to_uint8(images, (-1, 1)), (0.0, 1.0)).double()
     real = run_extractor(TinyFeatures(), to_uint8(real_images(37), (-1, 1)), (0.0, 1.0)).double()
     values = {}
@@ -64,7 +71,7 @@ def test_per_class_fid_and_intra_fid_equal_direct_computation(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"label_key": None}, "need conditions= .* and label_key="),
+        ({"label_key": None}, r"need conditions= .* and RealData\(label_key="),
         ({"conditions": LABELS.float()}, "non-negative integer class labels"),
         ({"sample_fn": conditional, "conditions": None}, "need conditions="),
     ],
@@ -76,7 +83,7 @@ def test_per_class_arguments_are_checked_at_construction(kwargs, match):
 
 def test_missing_real_class_fails_before_training(tmp_path):
     real_labels = torch.zeros(37, dtype=torch.long)  # class 1 and 2 never appear in the real data
-    cb = per_class_callback(tmp_path, real=TensorDataset(real_images(37), real_labels))
+    cb = per_class_callback(tmp_path, real=RealData(TensorDataset(real_images(37), real_labels), label_key=1))
     trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1))
     with pytest.raises(ValueError, match=r"classes \[1, 2\] have fewer"):
         trainer.fit(TinyGAN(), *loaders())
@@ -84,7 +91,7 @@ def test_missing_real_class_fails_before_training(tmp_path):
 
 
 def test_real_labels_outside_the_classes_are_refused(tmp_path):
-    cb = per_class_callback(tmp_path, real=TensorDataset(real_images(37), REAL_LABELS + 5))
+    cb = per_class_callback(tmp_path, real=RealData(TensorDataset(real_images(37), REAL_LABELS + 5), label_key=1))
     with pytest.raises(ValueError, match="outside the 3 classes"):
         cb.evaluate(TinyGAN())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from dist_utils import run_distributed
+from helpers.dist import run_distributed
 
 from lightning_fid.metrics.prdc import (
     density_coverage,
@@ -61,9 +61,13 @@ def test_matches_torch_fidelity_prc():
 
     real, fake = _sets(seed=1)
     ref = prc_features_to_metric(  # torch-fidelity's convention: features_1 generated, features_2 real
-        torch.from_numpy(fake), torch.from_numpy(real), prc_neighborhood=3, prc_batch_size=100,
-        save_cpu_ram=True, verbose=False,
-    )  # fmt: skip
+        torch.from_numpy(fake),
+        torch.from_numpy(real),
+        prc_neighborhood=3,
+        prc_batch_size=100,
+        save_cpu_ram=True,
+        verbose=False,
+    )
     precision, recall = precision_recall(real, fake, 3, block_size=64)
     # torch-fidelity averages the 0/1 hits in float32: its fractions are within 1e-7 of the exact ones
     assert precision == pytest.approx(ref["precision"], abs=1e-7)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
-from weights_factory import write_random_inception
+from helpers.weights import write_random_inception
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -35,8 +35,12 @@ def published_inception(tmp_path, monkeypatch):
     home = tmp_path / "home"
     home.mkdir()
     path = write_random_inception(home / INCEPTION_WEIGHTS.filename)
-    spec = WeightsSpec(INCEPTION_WEIGHTS.name, INCEPTION_WEIGHTS.url, INCEPTION_WEIGHTS.filename,
-                       hashlib.sha256(path.read_bytes()).hexdigest())  # fmt: skip
+    spec = WeightsSpec(
+        INCEPTION_WEIGHTS.name,
+        INCEPTION_WEIGHTS.url,
+        INCEPTION_WEIGHTS.filename,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
     monkeypatch.setattr(inception_mod, "INCEPTION_WEIGHTS", spec)
     monkeypatch.setenv("LIGHTNING_FID_HOME", str(home))
 

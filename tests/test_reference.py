@@ -5,21 +5,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from lightning_helpers import TinyEmbed, TinyFeatures, real_images
+from helpers.tiny import TinyEmbed, TinyFeatures, real_images, tiny_slots
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fid import RealOptions, resolve_reference
-from lightning_fid.cache import StatsCache
+from lightning_fid import resolve_reference
+from lightning_fid.engine._cache import StatsCache
+from lightning_fid.engine._images import to_uint8
+from lightning_fid.engine._real import RealOptions
+from lightning_fid.engine._reference import forget_resolved
 from lightning_fid.extractors.base import run_extractor
-from lightning_fid.images import to_uint8
-from lightning_fid.slots import build_slots
 
 OPTIONS = RealOptions(input_range=(-1, 1), batch_size=5)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_cache():
+    forget_resolved()  # each test reads the disk cache or the data itself
+
+
 def _slots(metrics=("fid", "kid"), seed=0):
-    return build_slots(metrics, {"features": TinyFeatures(seed=seed), "cmmd": TinyEmbed(seed=5)})
+    forget_resolved()
+    return tiny_slots(metrics, TinyFeatures(seed=seed), TinyEmbed(seed=5))
 
 
 def _direct(n=37):
@@ -34,7 +41,7 @@ def _calls(slots):
 def test_dataset_gives_exact_moments_and_features():
     ref = resolve_reference(TensorDataset(real_images(37)), _slots(), OPTIONS)
     mu, sigma, feats = _direct()
-    stats = ref.stats["features"]
+    stats = ref.stats["tiny-features"]
     assert stats.n == 37
     torch.testing.assert_close(stats.mu, mu, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(stats.sigma, sigma, rtol=1e-10, atol=1e-12)
@@ -64,8 +71,8 @@ def test_every_source_kind_gives_the_same_statistics(tmp_path, kind):
     options = RealOptions(input_range=(-1, 1), batch_size=5, image_key="pixels" if kind == "dict" else None)
     ref = resolve_reference(real, _slots(), options, named={"train": lambda: TensorDataset(images)})
     mu, sigma, _ = _direct()
-    torch.testing.assert_close(ref.stats["features"].mu, mu, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(ref.stats["features"].sigma, sigma, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ref.stats["tiny-features"].mu, mu, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ref.stats["tiny-features"].sigma, sigma, rtol=1e-10, atol=1e-12)
 
 
 class _Stream(torch.utils.data.IterableDataset):
@@ -85,8 +92,10 @@ def test_cache_hit_skips_the_real_pass_and_key_changes_recompute(tmp_path):
     again_slots = _slots()
     again = resolve_reference(data, again_slots, OPTIONS, cache=cache)
     assert _calls(again_slots) == 0 and again.key == first.key
-    torch.testing.assert_close(again.stats["features"].sigma, first.stats["features"].sigma, rtol=0, atol=0)
-    torch.testing.assert_close(again.stats["features"].features, first.stats["features"].features, rtol=0, atol=0)
+    torch.testing.assert_close(again.stats["tiny-features"].sigma, first.stats["tiny-features"].sigma, rtol=0, atol=0)
+    torch.testing.assert_close(
+        again.stats["tiny-features"].features, first.stats["tiny-features"].features, rtol=0, atol=0
+    )
     for changed in (
         dict(slots=_slots(), options=RealOptions(input_range=(-1, 1), batch_size=5, num_real=30)),
         dict(slots=_slots(seed=3), options=OPTIONS),  # other extractor weights
@@ -107,7 +116,7 @@ def test_corrupt_cache_is_recomputed_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="ignoring unreadable statistics cache"):
         again = resolve_reference(data, slots, OPTIONS, cache=cache)
     assert _calls(slots) == 8
-    torch.testing.assert_close(again.stats["features"].mu, first.stats["features"].mu, rtol=0, atol=0)
+    torch.testing.assert_close(again.stats["tiny-features"].mu, first.stats["tiny-features"].mu, rtol=0, atol=0)
 
 
 def test_npz_file_serves_fid_only_and_unknown_count_is_none(tmp_path):
@@ -115,8 +124,8 @@ def test_npz_file_serves_fid_only_and_unknown_count_is_none(tmp_path):
     path = tmp_path / "pytorch_fid.npz"
     np.savez(path, mu=mu.numpy(), sigma=sigma.numpy())  # no n, like pytorch-fid's --save-stats
     ref = resolve_reference(str(path), _slots(("fid",)), OPTIONS)
-    assert ref.stats["features"].n is None and ref.key == f"npz:{path.resolve()}"
-    torch.testing.assert_close(ref.stats["features"].sigma, sigma, rtol=0, atol=0)
+    assert ref.stats["tiny-features"].n is None and ref.key == f"npz:{path.resolve()}"
+    torch.testing.assert_close(ref.stats["tiny-features"].sigma, sigma, rtol=0, atol=0)
     with pytest.raises(ValueError, match="statistics .* only"):
         resolve_reference(str(path), _slots(("fid", "kid")), OPTIONS)
     np.savez(path, mu=np.zeros(5), sigma=np.eye(5))
@@ -132,7 +141,7 @@ def test_npz_file_serves_fid_only_and_unknown_count_is_none(tmp_path):
         (TensorDataset(real_images(9)), RealOptions(batch_size=5, num_real=20), "holds only 9 samples"),
         ("val", OPTIONS, "only the callback can reach"),
         (42, OPTIONS, "real data must be a DataLoader"),
-        (TensorDataset(real_images(9) * 3), OPTIONS, "real data span .* set real_input_range"),
+        (TensorDataset(real_images(9) * 3), OPTIONS, "real data span .* set RealData.input_range"),
     ],
 )
 def test_refusals_name_the_problem(real, options, match):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from lightning_helpers import TinyGAN, sample
+from helpers.tiny import TinyGAN, sample
 
-from lightning_fid.sampling import batch_seed, generate, make_sampler, noise_generator, plan
+from lightning_fid.engine._sampling import batch_seed, generate, make_sampler, noise_generator, plan
 
 
 @pytest.mark.parametrize("world", [1, 2, 3])

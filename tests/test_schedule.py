@@ -9,11 +9,11 @@ import json
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers.tiny import TinyGAN, loaders, make_callback, real_images, standard_metrics, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from lightning_helpers import TinyGAN, loaders, make_callback, real_images, trainer_kwargs
 
-from lightning_fid.schedule import Cadence
+from lightning_fid.callbacks._schedule import Cadence
 
 
 class Endless(torch.utils.data.IterableDataset):
@@ -40,8 +40,15 @@ def test_every_n_steps_with_infinite_data_logs_at_the_step(tmp_path, validates):
     model = TinyGAN() if validates else NoValidation()
     cb = make_callback(tmp_path, metrics=("fid",), every_n_steps=3)
     logger = CSVLogger(tmp_path, name="csv")
-    kw = trainer_kwargs(tmp_path, max_steps=7, max_epochs=-1, logger=logger, limit_train_batches=None,
-                        val_check_interval=2, check_val_every_n_epoch=None)  # fmt: skip
+    kw = trainer_kwargs(
+        tmp_path,
+        max_steps=7,
+        max_epochs=-1,
+        logger=logger,
+        limit_train_batches=None,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+    )
     pl.Trainer(callbacks=[cb], **kw).fit(model, _endless_loader(), loaders()[1] if validates else None)
     assert [h["step"] for h in cb.history] == [3, 6]
     with open(f"{logger.log_dir}/metrics.csv") as f:
@@ -101,7 +108,7 @@ def test_epoch_without_validation_run_is_evaluated_at_its_end(tmp_path):
 
 
 def test_validate_always_evaluates_and_test_logs_test_keys(tmp_path):
-    cb = make_callback(tmp_path, metrics=("fid", "kid"), every_n_epochs=3, final_num_samples=30)
+    cb = make_callback(tmp_path, metrics=standard_metrics()[:2], every_n_epochs=3, final_num_samples=30)
 
     class WithTest(TinyGAN):
         def test_step(self, batch, batch_idx):
@@ -119,12 +126,10 @@ def test_validate_always_evaluates_and_test_logs_test_keys(tmp_path):
 
 
 def test_evaluate_outside_fit_prepares_on_first_use(tmp_path):
-    cb = make_callback(tmp_path, metrics=("fid", "kid", "cmmd"))
+    cb = make_callback(tmp_path, metrics=standard_metrics())
     model = TinyGAN()
     values, grid = cb.evaluate(model)
-    trainer = pl.Trainer(
-        callbacks=[make_callback(tmp_path, metrics=("fid", "kid", "cmmd"))], **trainer_kwargs(tmp_path)
-    )
+    trainer = pl.Trainer(callbacks=[make_callback(tmp_path, metrics=standard_metrics())], **trainer_kwargs(tmp_path))
     (validated,) = trainer.validate(model, loaders()[1], verbose=False)
     for key in ("fid", "kid", "cmmd"):
         assert values[key] == pytest.approx(validated[key], rel=1e-6), key

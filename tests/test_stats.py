@@ -7,7 +7,8 @@ import pytest
 import torch
 from pytorch_fid.fid_score import compute_statistics_of_path
 
-from lightning_fid.stats import FeatureMoments, Statistics, load_statistics
+from lightning_fid.engine._accumulators import FeatureMoments
+from lightning_fid.engine._stats import Statistics, load_statistics
 
 
 def _features(rng, n=500, d=16):

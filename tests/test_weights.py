@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from dist_utils import run_distributed
-from http_helpers import CLOSED_PORT_PROXY, FileServer
-from weights_factory import write_random_inception
+from helpers.dist import run_distributed
+from helpers.http import CLOSED_PORT_PROXY, FileServer
+from helpers.weights import write_random_inception
 
 from lightning_fid import cli
 from lightning_fid.extractors import InceptionV3, WeightsError, WeightsSpec, resolve_weights

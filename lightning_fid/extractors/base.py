@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from lightning_fid.images import InputRange, parse_range
+from lightning_fid.engine._images import InputRange, parse_range
 
 
 @runtime_checkable

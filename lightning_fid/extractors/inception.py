@@ -76,9 +76,27 @@ class TorchFidelityInception(FeatureExtractorInceptionV3):
     def pool_features(self, x: torch.Tensor) -> torch.Tensor:
         """2048-d pool3 features of an already resized and normalised (N, 3, 299, 299) float tensor:
         torch-fidelity's layers without its TF1 resize and (x - 128) / 128, for other preprocessings."""
-        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1",
-                     "Conv2d_4a_3x3", "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
-                     "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool"):  # fmt: skip
+        for name in (
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "MaxPool_1",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "MaxPool_2",
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
+            "AvgPool",
+        ):
             x = getattr(self, name)(x)
         return torch.flatten(x, 1)
 

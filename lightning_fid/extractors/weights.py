@@ -17,8 +17,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lightning_fid.distributed import broadcast_error, is_distributed, rank_and_world
-from lightning_fid.files import atomic_write
+from lightning_fid.engine._distributed import broadcast_error, is_distributed, rank_and_world
+from lightning_fid.engine._files import atomic_write
 
 DOWNLOAD_TIMEOUT_S = 15
 

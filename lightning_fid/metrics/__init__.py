@@ -1,20 +1,36 @@
-"""Pure metric math (no Lightning import): FID, KID, CMMD and their torchmetrics-style objects."""
+"""Metrics: each one class in one file (its options, keys, needs, checks and compute), their pure math
+functions, and the names ``metrics=`` accepts. No Lightning import."""
 
-from lightning_fid.metrics.cmmd import cmmd
-from lightning_fid.metrics.fid import frechet_distance, reference_factor, sqrtm_psd
-from lightning_fid.metrics.fid_infinity import fid_infinity
-from lightning_fid.metrics.inception_score import inception_score
-from lightning_fid.metrics.kid import kid, kid_full
-from lightning_fid.metrics.modules import CMMD, FID, KID, DensityCoverage, InceptionScore, PrecisionRecall
+from lightning_fid.metrics.base import Context, Metric, Needs, RunInfo
+from lightning_fid.metrics.catalog import METRICS, resolve_metrics
+from lightning_fid.metrics.cmmd import CMMD, cmmd
+from lightning_fid.metrics.density_coverage import DensityCoverage
+from lightning_fid.metrics.fd_dinov2 import FDDINOv2
+from lightning_fid.metrics.fid import FID, frechet_distance, reference_factor, sqrtm_psd
+from lightning_fid.metrics.fid_infinity import FIDInfinity, fid_infinity
+from lightning_fid.metrics.inception_score import InceptionScore, inception_score
+from lightning_fid.metrics.intra_fid import IntraFID
+from lightning_fid.metrics.kid import KID, kid, kid_full
+from lightning_fid.metrics.per_class_fid import PerClassFID
 from lightning_fid.metrics.prdc import density_coverage, knn_radii, precision_recall
+from lightning_fid.metrics.precision_recall import PrecisionRecall
 
 __all__ = [
     "CMMD",
     "FID",
     "KID",
+    "METRICS",
+    "Context",
     "DensityCoverage",
+    "FDDINOv2",
+    "FIDInfinity",
     "InceptionScore",
+    "IntraFID",
+    "Metric",
+    "Needs",
+    "PerClassFID",
     "PrecisionRecall",
+    "RunInfo",
     "cmmd",
     "density_coverage",
     "fid_infinity",
@@ -25,5 +41,6 @@ __all__ = [
     "knn_radii",
     "precision_recall",
     "reference_factor",
+    "resolve_metrics",
     "sqrtm_psd",
 ]

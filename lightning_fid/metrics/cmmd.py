@@ -9,10 +9,17 @@ in [e^-0.02, 1] for unit-norm embeddings, so the result is a small difference of
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from lightning_fid._validation import ArrayLike, as_features, check_same_dim
-from lightning_fid.distributed import Group
-from lightning_fid.metrics.kernels import gaussian_kernel, pair_sums
+from torch import nn
+
+from lightning_fid.engine._distributed import Group
+from lightning_fid.engine._validation import ArrayLike, as_features, check_same_dim
+from lightning_fid.metrics._kernels import gaussian_kernel, pair_sums
+from lightning_fid.metrics.base import Context, Metric, Needs, check_positive
+
+if TYPE_CHECKING:
+    from lightning_fid.engine._stats import Statistics
 
 
 def cmmd(
@@ -42,3 +49,32 @@ def cmmd(
     )
     m, n = a.shape[0], b.shape[0]
     return scale * (xx / (m * m) + yy / (n * n) - 2.0 * xy / (m * n))
+
+
+class CMMD(Metric):
+    """CMMD (Jayasumana et al. 2024): the biased MMD^2 with a Gaussian kernel on CLIP ViT-L/14@336px
+    embeddings, times ``scale``. Logs ``cmmd``.
+
+    On another encoder (``extractor=``) it is an RBF-kernel MMD, not CMMD: give it another ``key``
+    (e.g. ``CMMD(extractor=encoder, key="mmd")``) so the logs say so.
+
+    Args:
+        sigma: the kernel bandwidth (reference: 10).
+        scale: the output scale (reference: 1000).
+        key: the logged key (default ``"cmmd"``).
+        extractor: a network to use instead of CLIP.
+    """
+
+    name = "cmmd"
+    needs = Needs(network="clip", features=True)
+
+    def __init__(
+        self, sigma: float = 10.0, scale: float = 1000.0, *, key: str | None = None, extractor: nn.Module | None = None
+    ) -> None:
+        super().__init__(key=key, extractor=extractor)
+        self.sigma = check_positive(sigma, "CMMD sigma")
+        self.scale = check_positive(scale, "CMMD scale")
+
+    def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float]:
+        value = cmmd(real.features, fake.features, self.sigma, self.scale, distributed=True, group=context.group)
+        return {self.key: value}

@@ -13,11 +13,17 @@ CPU lets both products be triangular (BLAS trmm, half the flops of a general pro
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from scipy.linalg.blas import dtrmm
+from torch import nn
 
-from lightning_fid._validation import ArrayLike, as_tensor, check_finite
+from lightning_fid.engine._validation import ArrayLike, as_tensor, check_finite
+from lightning_fid.metrics.base import Context, Metric, Needs
+
+if TYPE_CHECKING:
+    from lightning_fid.engine._stats import Statistics
 
 
 def _statistic(x: ArrayLike, name: str, ndim: int, device: torch.device | None) -> torch.Tensor:
@@ -147,3 +153,29 @@ def warn_if_rank_deficient(n: int, dim: int, what: str = "features") -> None:
             f"finite but strongly biased. Use at least {dim} samples for numbers comparable with papers.",
             stacklevel=2,
         )
+
+
+class FID(Metric):
+    """Fréchet Inception Distance (Heusel et al. 2017) on Inception-v3 pool features (or ``extractor``'s).
+
+    Logs ``fid``. Exactly pytorch-fid's / torch-fidelity's formula in float64 (see
+    :func:`frechet_distance`); the reference factor is computed once per run.
+
+    Args:
+        key: the logged key (default ``"fid"``).
+        extractor: a network to use instead of Inception-v3.
+    """
+
+    name = "fid"
+    needs = Needs(moments=True)
+
+    def __init__(self, *, key: str | None = None, extractor: nn.Module | None = None) -> None:
+        super().__init__(key=key, extractor=extractor)
+
+    def prepare(self, real: Statistics, context: Context) -> None:
+        context.state["factor"] = reference_factor(real.sigma)
+
+    def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float]:
+        warn_if_rank_deficient(fake.n or 0, fake.dim, "generated samples")
+        factor = context.state.get("factor")
+        return {self.key: frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma, sigma1_sqrt=factor)}

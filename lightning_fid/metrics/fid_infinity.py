@@ -13,12 +13,19 @@ FID is our float64 ``frechet_distance`` with the reference factor computed once.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+from torch import nn
 
-from lightning_fid._validation import ArrayLike, as_features, as_tensor, check_finite
-from lightning_fid.distributed import Group, all_reduce_packed, rank_and_world
+from lightning_fid.engine._distributed import Group, all_reduce_packed, rank_and_world
+from lightning_fid.engine._validation import ArrayLike, as_features, as_tensor, check_finite
+from lightning_fid.metrics.base import Context, Metric, Needs, RunInfo, check_int
 from lightning_fid.metrics.fid import frechet_distance, reference_factor
+
+if TYPE_CHECKING:
+    from lightning_fid.engine._stats import Statistics
 
 
 def sample_sizes(n: int, num_points: int = 15, min_n: int | None = None) -> np.ndarray:
@@ -101,3 +108,53 @@ def fid_infinity(
     if distributed and world > 1:
         (fids,) = all_reduce_packed([fids], group)
     return fit_intercept(sizes, fids.cpu().numpy())
+
+
+class FIDInfinity(Metric):
+    """FID-infinity (Chong & Forsyth 2020): FID extrapolated to infinitely many samples from
+    ``points`` seeded subsets of the generated set, as dgm-eval computes it. Logs ``fid_inf``.
+
+    Args:
+        points: number of subset sizes of the fit (reference: 15).
+        seed: seed of the subset draw (None: the run's noise seed).
+        key: the logged key (default ``"fid_inf"``).
+        extractor: a network to use instead of Inception-v3.
+
+    Raises:
+        ValueError: ``points`` below 2, or (before training) too few samples for two subset sizes.
+    """
+
+    name = "fid_inf"
+    needs = Needs(moments=True, features=True)
+
+    def __init__(
+        self, points: int = 15, seed: int | None = None, *, key: str | None = None, extractor: nn.Module | None = None
+    ) -> None:
+        super().__init__(key=key, extractor=extractor)
+        self.points = check_int(points, "FIDInfinity points", 2)
+        self.seed = None if seed is None else check_int(seed, "FIDInfinity seed", 0)
+
+    def check_run(self, run: RunInfo) -> None:
+        n = run.smallest
+        if n < 3 or len(set(sample_sizes(n, self.points).tolist())) < 2:
+            raise ValueError(
+                f"FIDInfinity needs subsets of at least two sizes, which num_samples={n} cannot give: "
+                "raise num_samples (FID-infinity is meant for thousands of samples)"
+            )
+
+    def prepare(self, real: Statistics, context: Context) -> None:
+        context.state["factor"] = reference_factor(real.sigma)
+
+    def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float]:
+        seed = context.seed if self.seed is None else self.seed
+        value = fid_infinity(
+            real.mu,
+            real.sigma,
+            fake.features,
+            num_points=self.points,
+            seed=seed,
+            real_factor=context.state.get("factor"),
+            distributed=True,
+            group=context.group,
+        )
+        return {self.key: value}

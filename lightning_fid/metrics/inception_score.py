@@ -9,10 +9,17 @@ by default shuffles first with a seeded permutation, which is the caller's choic
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
+from torch import nn
 
-from lightning_fid._validation import ArrayLike, as_tensor, check_finite
+from lightning_fid.engine._validation import ArrayLike, as_tensor, check_finite
+from lightning_fid.metrics.base import Context, Metric, Needs, RunInfo, check_int
+
+if TYPE_CHECKING:
+    from lightning_fid.engine._stats import Statistics
 
 
 def split_scores(logits: ArrayLike, splits: int = 10) -> list[float]:
@@ -48,3 +55,43 @@ def inception_score(logits: ArrayLike, splits: int = 10) -> tuple[float, float]:
     """
     scores = split_scores(logits, splits)
     return float(np.mean(scores)), float(np.std(scores))
+
+
+class InceptionScore(Metric):
+    """Inception Score (Salimans et al. 2016) from the TF Inception's logits, over ``splits``
+    consecutive splits of the fixed global sample order. Logs ``is`` and ``is_std``; higher is better.
+
+    It always reads Inception-v3's logits: the callback's ``feature_extractor`` does not apply to it.
+    To score with your own classifier, pass ``InceptionScore(extractor=classifier)`` (its output is
+    taken as the class logits).
+
+    Args:
+        splits: number of splits (reference: 10; ADM: one split per 5000 samples).
+        key: the logged key (default ``"is"``; the std is ``<key>_std``).
+        extractor: a classifier returning (N, C) logits, instead of Inception-v3.
+
+    Raises:
+        ValueError: ``splits`` below 1, or (before training) above the generated sample count.
+    """
+
+    name = "is"
+    needs = Needs(output="logits", features=True)
+    higher_is_better = True
+
+    def __init__(self, splits: int = 10, *, key: str | None = None, extractor: nn.Module | None = None) -> None:
+        super().__init__(key=key, extractor=extractor)
+        self.splits = check_int(splits, "InceptionScore splits", 1)
+
+    def keys(self, run: RunInfo | None = None) -> tuple[str, ...]:
+        return (self.key, self.key + "_std")
+
+    def check_run(self, run: RunInfo) -> None:
+        if self.splits > run.smallest:
+            raise ValueError(
+                f"InceptionScore(splits={self.splits}) needs at least one sample per split, but num_samples="
+                f"{run.smallest}: raise num_samples or lower splits"
+            )
+
+    def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float]:
+        mean, std = inception_score(fake.features, splits=self.splits)
+        return {self.key: mean, self.key + "_std": std}

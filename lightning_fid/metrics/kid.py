@@ -7,12 +7,18 @@
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-from lightning_fid._validation import ArrayLike, as_features, check_same_dim
-from lightning_fid.distributed import Group, all_reduce_packed, rank_and_world
-from lightning_fid.metrics.kernels import pair_sums, polynomial_kernel
+from lightning_fid.engine._distributed import Group, all_reduce_packed, rank_and_world
+from lightning_fid.engine._validation import ArrayLike, as_features, check_same_dim
+from lightning_fid.metrics._kernels import pair_sums, polynomial_kernel
+from lightning_fid.metrics.base import Context, Metric, Needs, RunInfo, check_int
+
+if TYPE_CHECKING:
+    from lightning_fid.engine._stats import Statistics
 
 
 def _mmd2_unbiased(
@@ -152,3 +158,78 @@ def kid_full(
     y = as_features(fake_features, "fake_features")
     check_same_dim(x, y, "real_features", "fake_features")
     return _mmd2_unbiased(x, y.to(x.device), block_size, distributed, group)
+
+
+class KID(Metric):
+    """Kernel Inception Distance (Binkowski et al. 2018), torch-fidelity's protocol: the mean and
+    population std of the unbiased MMD^2 (cubic polynomial kernel) over seeded random subsets.
+
+    Logs ``kid`` and ``kid_std``. The subsets' real-vs-real sums are computed once per run.
+
+    Args:
+        subsets: number of subsets (torch-fidelity: 100).
+        subset_size: samples per subset (torch-fidelity: 1000); at most the generated and real counts.
+        seed: seed of the subset draw (None: the run's noise seed).
+        key: the logged key (default ``"kid"``; the std is ``<key>_std``).
+        extractor: a network to use instead of Inception-v3.
+
+    Raises:
+        ValueError: an option out of range, or (before training) ``subset_size`` above the sample counts.
+    """
+
+    name = "kid"
+    needs = Needs(features=True)
+
+    def __init__(
+        self,
+        subsets: int = 100,
+        subset_size: int = 1000,
+        seed: int | None = None,
+        *,
+        key: str | None = None,
+        extractor: nn.Module | None = None,
+    ) -> None:
+        super().__init__(key=key, extractor=extractor)
+        self.subsets = check_int(subsets, "KID subsets", 1)
+        self.subset_size = check_int(subset_size, "KID subset_size", 2)
+        self.seed = None if seed is None else check_int(seed, "KID seed", 0)
+
+    def keys(self, run: RunInfo | None = None) -> tuple[str, ...]:
+        return (self.key, self.key + "_std")
+
+    def check_run(self, run: RunInfo) -> None:
+        if self.subset_size > run.smallest:
+            raise ValueError(
+                f"KID(subset_size={self.subset_size}) is larger than num_samples={run.smallest}: "
+                f"raise num_samples or set KID(subset_size<={run.smallest})"
+            )
+
+    def check_reference(self, real: Statistics, run: RunInfo) -> None:
+        if real.n is not None and real.n < self.subset_size:
+            raise ValueError(
+                f"KID(subset_size={self.subset_size}) is larger than the {real.n} real samples; "
+                "lower subset_size or use more real data"
+            )
+
+    def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float]:
+        n_fake = fake.features.shape[0]
+        if self.subset_size > n_fake:
+            raise ValueError(f"KID(subset_size={self.subset_size}) is larger than the {n_fake} generated samples")
+        seed = context.seed if self.seed is None else self.seed
+        # The real-vs-real sums of the fixed subsets do not change during a run: computed once, reused.
+        key = ("real_terms", n_fake, seed)
+        if key not in context.state:
+            context.state[key] = kid_real_terms(
+                real.features, n_fake, self.subsets, self.subset_size, seed, distributed=True, group=context.group
+            )
+        mean, std = kid(
+            real.features,
+            fake.features,
+            self.subsets,
+            self.subset_size,
+            seed,
+            distributed=True,
+            group=context.group,
+            real_terms=context.state[key],
+        )
+        return {self.key: mean, self.key + "_std": std}

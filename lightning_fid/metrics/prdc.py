@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_fid._validation import ArrayLike, as_features, as_tensor, check_same_dim
-from lightning_fid.distributed import Group, all_gather_uneven, all_reduce_packed, rank_and_world
+from lightning_fid.engine._distributed import Group, all_gather_uneven, all_reduce_packed, rank_and_world
+from lightning_fid.engine._validation import ArrayLike, as_features, as_tensor, check_same_dim
 
 DEFAULT_BLOCK_SIZE = 2048
 

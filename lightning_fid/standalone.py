@@ -17,14 +17,14 @@ from torch import nn
 from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
-from lightning_fid._validation import ArrayLike, as_tensor
-from lightning_fid.distributed import all_reduce_packed, default_index, order_by_index
+from lightning_fid.engine._accumulators import FeatureMoments
+from lightning_fid.engine._distributed import all_reduce_packed, default_index, order_by_index
+from lightning_fid.engine._validation import ArrayLike, as_tensor
 from lightning_fid.metrics.cmmd import cmmd
 from lightning_fid.metrics.fid import frechet_distance, reference_factor, warn_if_rank_deficient
 from lightning_fid.metrics.inception_score import inception_score
 from lightning_fid.metrics.kid import kid
 from lightning_fid.metrics.prdc import density_coverage, precision_recall
-from lightning_fid.stats import FeatureMoments
 
 
 class _ExtractingMetric(Metric):
@@ -163,9 +163,14 @@ class KID(_FeatureSetMetric):
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         mean, std = kid(
-            self._ordered("real"), self._ordered("fake"), self.num_subsets, self.subset_size, self.seed,
-            distributed=True, group=self.process_group,
-        )  # fmt: skip
+            self._ordered("real"),
+            self._ordered("fake"),
+            self.num_subsets,
+            self.subset_size,
+            self.seed,
+            distributed=True,
+            group=self.process_group,
+        )
         return torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
 
 
@@ -185,9 +190,13 @@ class CMMD(_FeatureSetMetric):
 
     def compute(self) -> torch.Tensor:
         value = cmmd(
-            self._ordered("real"), self._ordered("fake"), self.sigma, self.scale,
-            distributed=True, group=self.process_group,
-        )  # fmt: skip
+            self._ordered("real"),
+            self._ordered("fake"),
+            self.sigma,
+            self.scale,
+            distributed=True,
+            group=self.process_group,
+        )
         return torch.tensor(value, dtype=torch.float64)
 
 
@@ -204,8 +213,9 @@ class _BallMetric(_FeatureSetMetric):
         self.k = k
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        first, second = type(self).function(self._ordered("real"), self._ordered("fake"), self.k, distributed=True,
-                                            group=self.process_group)  # fmt: skip
+        first, second = type(self).function(
+            self._ordered("real"), self._ordered("fake"), self.k, distributed=True, group=self.process_group
+        )
         return torch.tensor(first, dtype=torch.float64), torch.tensor(second, dtype=torch.float64)
 
 

@@ -38,8 +38,17 @@ def preserved_rng() -> Iterator[None]:
 def _precision_flags() -> list[tuple[object, str]]:
     """torch's float32 precision switches (the fp32_precision API of torch >= 2.9)."""
     backends = torch.backends
-    owners = [backends, backends.cuda.matmul, backends.cudnn, backends.cudnn.conv, backends.cudnn.rnn,
-              backends.mkldnn, backends.mkldnn.matmul, backends.mkldnn.conv, backends.mkldnn.rnn]  # fmt: skip
+    owners = [
+        backends,
+        backends.cuda.matmul,
+        backends.cudnn,
+        backends.cudnn.conv,
+        backends.cudnn.rnn,
+        backends.mkldnn,
+        backends.mkldnn.matmul,
+        backends.mkldnn.conv,
+        backends.mkldnn.rnn,
+    ]
     return [(owner, "fp32_precision") for owner in owners if hasattr(owner, "fp32_precision")]
 
 
@@ -56,8 +65,11 @@ def _ieee_float32() -> Iterator[None]:
             for (owner, name), value in zip(flags, saved):
                 setattr(owner, name, value)
         return
-    saved_legacy = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-                    torch.get_float32_matmul_precision())  # fmt: skip
+    saved_legacy = (
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.allow_tf32,
+        torch.get_float32_matmul_precision(),
+    )
     try:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from lightning_fid.files import atomic_write
-from lightning_fid.stats import Statistics
+from lightning_fid.engine._files import atomic_write
+from lightning_fid.engine._stats import Statistics
 
 FORMAT_VERSION = 2  # 2: Statistics arrays (n absent when unknown) plus the key
 

@@ -6,7 +6,7 @@ scheduler), the monitor would compare the previous evaluation's value again: pat
 checks instead of evaluations, and a stale value could be ranked. We never patch the monitors.
 Instead:
 
-- the callback uses Lightning's conventions (see :mod:`lightning_fid.schedule`): epochs where
+- the callback uses Lightning's conventions (see :mod:`lightning_fid.callbacks._schedule`): epochs where
   ``(epoch + 1) % every_n_epochs == 0``, as ``check_val_every_n_epoch`` and
   ``ModelCheckpoint(every_n_epochs=...)``; global steps as ``ModelCheckpoint(every_n_train_steps=...)``;
 - :func:`check_monitors` runs in ``on_fit_start`` and raises, naming the option to set, when a
@@ -29,7 +29,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from typing_extensions import override
 
-from lightning_fid.schedule import Cadence
+from lightning_fid.callbacks._schedule import Cadence
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 import warnings
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_fid.cache import StatsCache, cache_key, stable_identity
-from lightning_fid.distributed import any_rank, barrier, rank_and_world
-from lightning_fid.images import REAL, check_fill
-from lightning_fid.pipeline import extract_real
-from lightning_fid.real import RealOptions, RealSource, count_available
-from lightning_fid.slots import Slot
-from lightning_fid.stats import Statistics, load_statistics
+from lightning_fid.engine._cache import StatsCache, cache_key, stable_identity
+from lightning_fid.engine._distributed import any_rank, barrier, rank_and_world
+from lightning_fid.engine._images import REAL, check_fill
+from lightning_fid.engine._pipeline import extract_real
+from lightning_fid.engine._real import RealOptions, RealSource, count_available
+from lightning_fid.engine._slots import Slot
+from lightning_fid.engine._stats import Statistics, load_statistics
 
 
 @dataclass
@@ -35,6 +36,11 @@ class Reference:
 
     stats: dict[str, Statistics]
     key: str  # cache key, or "npz:<absolute path>" for a statistics file
+
+
+#: references resolved in this process, by key: several callbacks (or a callback and a script) with
+#: the same data, reading and networks share one reference pass without knowing of each other
+_RESOLVED: weakref.WeakValueDictionary[str, Reference] = weakref.WeakValueDictionary()
 
 
 def is_statistics_file(real: Any) -> bool:
@@ -50,27 +56,30 @@ def resolve_reference(
     device: torch.device | str = "cpu",
     cache: StatsCache | None = None,
     named: Mapping[str, Callable[[], Any]] | None = None,
-    known: Mapping[str, Reference] | None = None,
     progress: bool = False,
+    identity: Any = None,
 ) -> Reference:
     """Statistics of the real data for every slot (a collective call: every rank must make it).
 
     Args:
         real: a .npz statistics file (moments-only slots), an image folder, a Dataset, a DataLoader,
             a callable returning one of these, or a key of ``named``.
-        slots: the extractor slots to fill (see :func:`lightning_fid.pipeline.build_slots`).
+        slots: the extractor slots to fill (see :func:`lightning_fid.engine._pipeline.build_slots`).
         options: how real images are read (range, batch size, count, picking them from batches).
         device: where extraction runs and the statistics live.
         cache: statistics cache; None reads the data every time.
         named: named sources, e.g. ``{"train": trainer_train_loader}``, resolved on use.
-        known: references already resolved in this process (other callbacks'), by key: reused as is.
         progress: show a progress bar on rank 0.
+        identity: what else the statistics are for (the metrics' identities): part of the cache key.
+
+    Raises:
+        ValueError: unreadable or unsuitable data or statistics, naming the file or option.
     """
     device = torch.device(device)
     if is_statistics_file(real):
         reference = _from_file(Path(real), slots, device)
     else:
-        reference = _from_data(_resolve_data(real, named), slots, options, device, cache, known or {}, progress)
+        reference = _from_data(_resolve_data(real, named), slots, options, device, cache, progress, identity)
     check_reference(reference.stats, slots)
     return reference
 
@@ -114,35 +123,64 @@ def _from_data(
     options: RealOptions,
     device: torch.device,
     cache: StatsCache | None,
-    known: Mapping[str, Reference],
     progress: bool,
+    identity: Any,
 ) -> Reference:
     source = RealSource(data)
     num = count_available(source, options.num_real, options.image_key, options.transform)
-    key = _key(source, num, slots, options)
+    key = _key(source, num, slots, options, identity)
     if key is None:
         cache = None
         key = f"uncached-{uuid.uuid4().hex}"
-    if key in known:  # another callback already read the same data with the same extractors
-        return known[key]
-    stats = _load_cached(cache, key, slots, device)
-    # Agree across ranks: a cache file present on one node's disk but not another's must not send
-    # one rank into the collective real pass alone.
+    # Read already in this process with the same data, reading and networks (another callback on
+    # this trainer, say), else from the disk cache; use_cache=False (no cache) always reads the data.
+    known = _RESOLVED.get(key) if cache is not None else None
+    stats = known.stats if known is not None else _load_cached(cache, key, slots, device)
+    # Agree across ranks: a cache file (or a reference in memory) on one rank but not another must
+    # not send one rank into the collective real pass alone.
     if any_rank(stats is None, device):
         stats = extract_real(source, num, slots, options, device, progress=progress)
         _save_cached(cache, key, stats)
+        known = None
     span = next(iter(stats.values())).metadata.get("input_span")
     if options.range_check and span is not None:  # also for cached statistics: the span is stored with them
         check_fill(span[0], span[1], options.input_range, REAL)
-    return Reference(stats, key)
+    reference = known or Reference(stats, key)
+    if cache is not None:
+        _RESOLVED[key] = reference
+    return reference
 
 
-def _key(source: RealSource, num: int, slots: list[Slot], options: RealOptions) -> str | None:
+def forget_resolved() -> None:
+    """Forget the references resolved in this process: the next resolution reads the disk cache or
+    the data again (for tests, and after changing data in place under an unchanged ``reference_id``)."""
+    _RESOLVED.clear()
+
+
+def _key(source: RealSource, num: int, slots: list[Slot], options: RealOptions, identity: Any) -> str | None:
     """Everything that determines the statistics, hashed; None when some part has no stable identity."""
-    slot_parts = [(s.name, s.info.name, s.info.fingerprint, s.info.config, str(s.info.input_range), s.moments,
-                   s.keep_features, s.output, s.classes) for s in slots]  # fmt: skip
-    common = dict(slots=slot_parts, real_input_range=str(options.input_range), image_key=options.image_key,
-                  num_real=num, label_key=options.label_key)  # fmt: skip
+    slot_parts = [
+        (
+            s.name,
+            s.info.name,
+            s.info.fingerprint,
+            s.info.config,
+            str(s.info.input_range),
+            s.moments,
+            s.keep_features,
+            s.output,
+            s.classes,
+        )
+        for s in slots
+    ]
+    common = dict(
+        slots=slot_parts,
+        real_input_range=str(options.input_range),
+        image_key=options.image_key,
+        num_real=num,
+        label_key=options.label_key,
+        metrics=identity,
+    )
     if options.reference_id is not None:
         return cache_key(reference_id=options.reference_id, **common)
     transform = stable_identity(options.transform)
@@ -183,6 +221,7 @@ def _save_cached(cache: StatsCache | None, key: str, stats: dict[str, Statistics
             for name, entry in stats.items():
                 cache.save(f"{key}-{name}", entry)
         except OSError as exc:  # read-only or full disk, a file where the folder should be
-            warnings.warn(f"cannot write the statistics cache in {cache.root} ({exc}); continuing without it",
-                          stacklevel=4)  # fmt: skip
+            warnings.warn(
+                f"cannot write the statistics cache in {cache.root} ({exc}); continuing without it", stacklevel=4
+            )
     barrier()

@@ -10,17 +10,20 @@ temporary folder, and :meth:`History.entries` reads it back when its own list is
 
 from __future__ import annotations
 
+import getpass
 import json
 import math
+import os
 import tempfile
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_fid.files import atomic_write
+from lightning_fid.engine._files import atomic_write
 
 HISTORY_FILE = "lightning_fid_history.json"
 
@@ -50,8 +53,16 @@ class History:
 
     @property
     def spawn_file(self) -> Path:
-        """Where rank 0 also writes the history, for the process that launched a spawn strategy."""
-        return Path(tempfile.gettempdir()) / "lightning_fid" / f"history-{self.token}.json"
+        """Where rank 0 also writes the history, for the process that launched a spawn strategy: a
+        folder of this user's (another user's ``lightning_fid`` folder in a shared /tmp is not ours)."""
+        user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
+        return Path(tempfile.gettempdir()) / f"lightning_fid-{user}" / f"history-{self.token}.json"
+
+    @property
+    def file_name(self) -> str:
+        """``lightning_fid_history[_<name>].json``: one file per callback prefix."""
+        suffix = "".join(c if c.isalnum() else "_" for c in self.name).strip("_")
+        return HISTORY_FILE if not suffix else HISTORY_FILE.replace(".json", f"_{suffix}.json")
 
     def _read_back(self) -> None:
         if not self._entries and not self._final and self.spawn_file.is_file():
@@ -84,8 +95,7 @@ class History:
         """``lightning_fid_history[_<name>].json`` in the first logger's folder (or the root dir).
         A collective call under DDP (``trainer.log_dir`` broadcasts rank 0's folder)."""
         folder = trainer.log_dir or trainer.default_root_dir
-        suffix = "".join(c if c.isalnum() else "_" for c in self.name).strip("_")
-        return Path(folder) / (HISTORY_FILE if not suffix else HISTORY_FILE.replace(".json", f"_{suffix}.json"))
+        return Path(folder) / self.file_name
 
     def append(self, entry: dict[str, Any], trainer: pl.Trainer | None) -> None:
         """Record one evaluation; rank 0 rewrites the JSON files (a collective call under DDP)."""
@@ -109,16 +119,34 @@ class History:
         }
         text = json.dumps(payload, indent=1)
         for path in (log_file, self.spawn_file):
-            with atomic_write(path, suffix=".json") as tmp:
-                tmp.write_text(text)
+            try:
+                with atomic_write(path, suffix=".json") as tmp:
+                    tmp.write_text(text)
+            except OSError as exc:  # a full disk or a folder we may not write: the run goes on
+                warnings.warn(
+                    f"lightning_fid: cannot write the evaluation history to {path} ({exc}); the values "
+                    "are still logged and kept in the callback's history",
+                    stacklevel=3,
+                )
+
+
+def _describe(identity: Any) -> str:
+    if isinstance(identity, dict):
+        options = ", ".join(f"{k}={v!r}" for k, v in identity.items() if k not in ("metric", "key"))
+        return f"{str(identity.get('metric', '?')).rsplit('.', 1)[-1]}({options})[{identity.get('key')}]"
+    return repr(identity)
 
 
 def restore_state(
-    state: dict[str, Any], seed: int, metrics: tuple[str, ...], num_samples: int
+    state: dict[str, Any], seed: int, metrics: list[dict[str, Any]], num_samples: int
 ) -> tuple[list[dict[str, Any]], float | None, int]:
     """(history, best, seed) from a callback checkpoint state, checked. The checkpoint's seed wins (the
-    same noise as before the interruption); the constructor's metrics and sample count win; every
-    conflict warns saying so. A corrupt state raises naming the key."""
+    same noise as before the interruption); the constructor's metrics (with their options) and sample
+    count win; every conflict warns saying so. A corrupt state raises naming the key.
+
+    Raises:
+        ValueError: a corrupt state, naming the key.
+    """
     history = state.get("history", [])
     if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
         raise ValueError(f"GenerativeMetrics checkpoint state: 'history' must be a list of dicts, got {history!r:.80}")
@@ -129,14 +157,26 @@ def restore_state(
     if not isinstance(saved_seed, int):
         raise ValueError(f"GenerativeMetrics checkpoint state: 'seed' must be an integer, got {saved_seed!r:.80}")
     if saved_seed != seed:
-        rank_zero_warn(f"GenerativeMetrics: the checkpoint's seed={saved_seed} wins over seed={seed}, so resumed "
-                       "evaluations draw the same fixed noise as before the interruption")  # fmt: skip
-    saved_metrics = tuple(state.get("metrics", metrics))
+        rank_zero_warn(
+            f"GenerativeMetrics: the checkpoint's seed={saved_seed} wins over seed={seed}, so resumed "
+            "evaluations draw the same fixed noise as before the interruption"
+        )
+    saved_metrics = state.get("metrics", metrics)
+    if not isinstance(saved_metrics, list):
+        raise ValueError(f"GenerativeMetrics checkpoint state: 'metrics' must be a list, got {saved_metrics!r:.80}")
+    if all(isinstance(m, str) for m in saved_metrics):  # a checkpoint of lightning_fid 0.1: metric names only
+        metrics = [m["key"] for m in metrics]
     if saved_metrics != metrics:
-        rank_zero_warn(f"GenerativeMetrics: the checkpoint evaluated {saved_metrics}; metrics={metrics} from the "
-                       "constructor wins, so the history mixes both")  # fmt: skip
+        old = [_describe(m) for m in saved_metrics if m not in metrics]
+        new = [_describe(m) for m in metrics if m not in saved_metrics]
+        rank_zero_warn(
+            f"GenerativeMetrics: the checkpoint evaluated {old}; the constructor's {new} win, so the "
+            "history mixes both (values before and after the resume are not comparable)"
+        )
     saved_n = state.get("num_samples", num_samples)
     if saved_n != num_samples:
-        rank_zero_warn(f"GenerativeMetrics: resuming with num_samples={num_samples} (the constructor wins) but the "
-                       f"checkpoint used {saved_n}: values before and after are not comparable")  # fmt: skip
+        rank_zero_warn(
+            f"GenerativeMetrics: resuming with num_samples={num_samples} (the constructor wins) but the "
+            f"checkpoint used {saved_n}: values before and after are not comparable"
+        )
     return history, best, saved_seed

@@ -7,6 +7,7 @@ the PNG: map the declared range to [0, 1], then ``floor(x * 255 + 0.5)`` clamped
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -57,12 +58,22 @@ class Source:
     what: str = "images"
     option: str = "input_range"
     hint: str = "what the generator outputs (e.g. (-1, 1) for tanh, (0, 1) for sigmoid)"
+    silence: str = "range_check=False"
 
 
 GENERATED = Source(
-    "generated images", "input_range", "what the generator outputs (e.g. (-1, 1) for tanh, (0, 1) for sigmoid)"
+    "generated images",
+    "input_range",
+    "what the generator outputs (e.g. (-1, 1) for tanh, (0, 1) for sigmoid), or "
+    "clamp the sampler's output to that range if it is not bounded (an untrained diffusion or flow sampler: "
+    "return images.clamp(-1, 1))",
 )
-REAL = Source("real data", "real_input_range", "the range of your real images (e.g. (0, 1) after ToTensor)")
+REAL = Source(
+    "real data",
+    "RealData.input_range",
+    "the range of your real images (e.g. (0, 1) after ToTensor)",
+    "RealData(range_check=False)",
+)
 
 
 def to_uint8(
@@ -129,5 +140,13 @@ def check_fill(lo: float, hi: float, input_range: InputRange, source: Source = G
         raise ValueError(
             f"{source.what} span [{lo:.4g}, {hi:.4g}], only the upper half of {source.option}=({low:g}, {high:g}): "
             f"set {source.option}=({middle:g}, {high:g}) if that is their range (e.g. (0, 1) images declared "
-            "(-1, 1)), or range_check=False if the declared range is right"
+            f"(-1, 1)), or {source.silence} if the declared range is right"
         )
+
+
+def image_grid(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (K, 3, H, W) -> uint8 (3, H', W') grid."""
+    from torchvision.utils import make_grid
+
+    nrow = max(1, math.ceil(math.sqrt(images_uint8.shape[0])))
+    return make_grid(images_uint8.cpu(), nrow=nrow, padding=2)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lightning_fid.distributed import Group, all_reduce_packed, rank_and_world
+from lightning_fid.engine._distributed import Group, all_reduce_packed, rank_and_world
 
 # kernel(gram, x_sq, y_sq, dim, xp, same) -> (float64 sum of the kernel block, and of its diagonal if
 # same else 0); it may overwrite gram, which is in the features' precision. xp is numpy or torch.
@@ -73,8 +73,13 @@ def _block_sums(kernel: Kernel, x: Any, y: Any, same: bool, xp: ModuleType) -> t
     block whose kernel values overflow is recomputed in float64, never summed to inf."""
     total, diagonal = _block_sums_in(kernel, x, y, same, xp)
     if not bool(xp.isfinite(xp.asarray(total))) and x.dtype != xp.float64:
-        total, diagonal = _block_sums_in(kernel, x.astype(xp.float64) if xp is np else x.double(),
-                                         y.astype(xp.float64) if xp is np else y.double(), same, xp)  # fmt: skip
+        total, diagonal = _block_sums_in(
+            kernel,
+            x.astype(xp.float64) if xp is np else x.double(),
+            y.astype(xp.float64) if xp is np else y.double(),
+            same,
+            xp,
+        )
     return total, diagonal
 
 

@@ -16,17 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from lightning_fid.images import InputRange, parse_range
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+from lightning_fid.engine._image_files import ImageFolder, collate_same_size
+from lightning_fid.engine._images import InputRange, parse_range
 
 
 @dataclass(frozen=True)
 class RealOptions:
-    """How real images are read for reference statistics.
+    """How real images are read for reference statistics (:meth:`RealData.options` makes one).
 
     Args:
         input_range: range of real float images (uint8 tensors and image files are always 8-bit).
@@ -59,6 +57,76 @@ class RealOptions:
             )
 
 
+@dataclass(frozen=True)
+class RealData:
+    """The reference data and how to read it: what ``real=`` accepts besides the plain forms.
+
+    Args:
+        source: a DataLoader, a Dataset, a callable returning either, ``"train"`` / ``"val"`` (the
+            trainer's loaders, in the callback), an image folder, or a statistics ``.npz`` (FID only).
+        input_range: range of real float images (default: the generated images' ``input_range``;
+            uint8 tensors and image files are always 8-bit).
+        num_real: use the first ``num_real`` samples (None: all), each once across ranks.
+        image_key: which entry of dict / tuple batches holds the images (default: the first tensor,
+            or a dict key among ``image``, ``images``, ``img``, ``x``).
+        transform: ``transform(batch) -> images`` for batches that need more than picking an entry.
+        label_key: which entry of real batches holds integer class labels (per-class metrics).
+        reference_id: your name for this exact data and its reading: the statistics cache is keyed by
+            it instead of by inspecting the data (needed to cache when ``transform`` is a lambda).
+        range_check: refuse float images that fill only the upper half of ``input_range``, the
+            signature of [0, 1] images declared as (-1, 1). Set False for an unusual but correct range.
+
+    Raises:
+        ValueError: ``source`` is None or an option is out of range.
+
+    Example::
+
+        GenerativeMetrics(real=RealData(val_set, image_key="image", label_key="label"), ...)
+    """
+
+    source: Any
+    input_range: InputRange | None = None
+    num_real: int | None = None
+    image_key: str | int | None = None
+    transform: Callable[[Any], torch.Tensor] | None = None
+    label_key: str | int | None = None
+    reference_id: str | None = None
+    range_check: bool = True
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            raise ValueError("real= is required: reference images (loader, dataset, folder, 'train'/'val') or .npz")
+        if isinstance(self.source, RealData):
+            raise ValueError("RealData(source=RealData(...)): pass the data itself as source")
+        if isinstance(self.source, (str, os.PathLike)) and str(self.source) not in ("train", "val"):
+            if not Path(self.source).exists():
+                raise ValueError(f"real={str(self.source)!r}: no such image folder or statistics file")
+        if self.input_range is not None:
+            parse_range(self.input_range)
+        if self.num_real is not None and (not isinstance(self.num_real, int) or self.num_real < 2):
+            raise ValueError(
+                f"num_real={self.num_real!r}: reference statistics need at least 2 real samples (None: all)"
+            )
+
+    def options(self, batch_size: int, default_range: InputRange) -> RealOptions:
+        """How to read the data in batches of ``batch_size`` (``default_range``: the generated range)."""
+        return RealOptions(
+            input_range=self.input_range if self.input_range is not None else default_range,
+            batch_size=batch_size,
+            num_real=self.num_real,
+            image_key=self.image_key,
+            transform=self.transform,
+            range_check=self.range_check,
+            reference_id=self.reference_id,
+            label_key=self.label_key,
+        )
+
+
+def as_real_data(real: Any) -> RealData:
+    """``real`` as a :class:`RealData` (the plain forms become its ``source``)."""
+    return real if isinstance(real, RealData) else RealData(real)
+
+
 def pick_images(batch: Any, image_key: str | int | None = None, transform: Callable | None = None) -> torch.Tensor:
     """Images from a batch: a tensor, an (images, labels, ...) sequence, or a dict (``image_key``)."""
     if transform is not None:
@@ -88,80 +156,11 @@ def pick_labels(batch: Any, label_key: str | int | None, count: int) -> torch.Te
     except (KeyError, IndexError, TypeError) as exc:
         raise ValueError(f"real data: cannot read class labels batch[{label_key!r}] ({exc}); check label_key") from None
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.shape != (count,):
-        raise ValueError(f"real data: label_key={label_key!r} gives {labels.dtype} of shape {tuple(labels.shape)}, "
-                         f"not {count} integer class labels")  # fmt: skip
+        raise ValueError(
+            f"real data: label_key={label_key!r} gives {labels.dtype} of shape {tuple(labels.shape)}, "
+            f"not {count} integer class labels"
+        )
     return labels.long()
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files directly or recursively under ``folder``, in sorted order."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
-    return files
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """uint8 (3, H, W) RGB from any 8- or 16-bit image Pillow reads; files that are not, or that no
-    8-bit RGB can represent faithfully, raise an error naming them.
-
-    Palette, grey, CMYK, YCbCr and 1-bit images are converted by Pillow; an alpha channel is dropped
-    (as pytorch-fid, torch-fidelity and clean-fid do). 16-bit grey is scaled to 8 bits (x * 255 /
-    65535, rounded) where Pillow's own conversion would clip it at 255. 32-bit integer and float
-    images (modes I, F) are refused: they carry no white level to scale from.
-    """
-    try:
-        with Image.open(path) as im:
-            im.load()
-            arr = _rgb8(im, path)
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-
-
-def _rgb8(im: Image.Image, path: Path) -> np.ndarray:
-    if im.mode == "F":
-        raise ValueError(f"{path}: 32-bit float image (mode F); save it as 8- or 16-bit to use it")
-    if im.mode == "I":  # 32-bit integers: no known white level to scale from
-        raise ValueError(f"{path}: 32-bit integer image (mode I); save it as 8- or 16-bit to use it")
-    if im.mode.startswith("I;16"):
-        values = np.asarray(im).astype(np.float64)
-        grey = np.floor(values * (255.0 / 65535.0) + 0.5).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    return np.asarray(im.convert("RGB"))
-
-
-class ImageFolder(Dataset):
-    """uint8 RGB images from a folder (any nesting), in sorted path order."""
-
-    def __init__(self, folder: str | os.PathLike) -> None:
-        self.files = list_images(folder)
-        self.folder = Path(folder)
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return read_image(self.files[i])
-
-    def fingerprint(self) -> str:
-        digest = hashlib.sha256()
-        for f in self.files:
-            st = f.stat()
-            digest.update(f"{f.relative_to(self.folder)}:{st.st_size}:{st.st_mtime_ns}".encode())
-        return digest.hexdigest()
-
-
-def _collate_same_size(items: list[torch.Tensor]) -> torch.Tensor:
-    shapes = {tuple(t.shape) for t in items}
-    if len(shapes) > 1:
-        raise ValueError(f"images in one batch differ in size ({sorted(shapes)[:3]}...); resize them first")
-    return torch.stack(items)
 
 
 class RealSource:
@@ -175,7 +174,7 @@ class RealSource:
         self.num_workers = 0
         if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
             self.dataset = ImageFolder(data)
-            self.collate_fn = _collate_same_size
+            self.collate_fn = collate_same_size
         elif isinstance(data, DataLoader):
             if isinstance(data.dataset, IterableDataset):
                 self.loader = data

@@ -91,12 +91,27 @@ def sample(module, batch_size, generator):
 
 def trainer_kwargs(tmp_path, **overrides):
     kw = dict(
-        default_root_dir=str(tmp_path), accelerator="cpu", devices=1, max_epochs=3, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=1, limit_train_batches=2, limit_val_batches=1,
-    )  # fmt: skip
+        default_root_dir=str(tmp_path),
+        accelerator="cpu",
+        devices=1,
+        max_epochs=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+    )
     kw.update(overrides)
     return kw
+
+
+def standard_metrics(kid_subsets: int = 4, kid_subset_size: int = 10) -> tuple:
+    """FID, KID on small subsets and CMMD on the tiny embedding: what most callback tests score."""
+    from lightning_fid.metrics import CMMD, KID
+
+    return ("fid", KID(subsets=kid_subsets, subset_size=kid_subset_size), CMMD(extractor=TinyEmbed(seed=5)))
 
 
 def make_callback(tmp_path=None, **overrides):
@@ -104,10 +119,15 @@ def make_callback(tmp_path=None, **overrides):
     from lightning_fid import GenerativeMetrics
 
     kw = dict(
-        real=TensorDataset(real_images(37)), sample_fn=sample, metrics=("fid", "kid", "cmmd"),
-        feature_extractor=TinyFeatures(), cmmd_extractor=TinyEmbed(seed=5), num_samples=23, batch_size=5,
-        kid_subsets=4, kid_subset_size=10, progress=False, log_images=4,
-    )  # fmt: skip
+        real=TensorDataset(real_images(37)),
+        sample_fn=sample,
+        metrics=standard_metrics(),
+        feature_extractor=TinyFeatures(),
+        num_samples=23,
+        batch_size=5,
+        progress=False,
+        log_images=4,
+    )
     if tmp_path is not None:
         kw["cache_dir"] = tmp_path / "cache"
     else:
@@ -142,3 +162,12 @@ def fit_recording_steps(tmp_path, model=None, max_epochs=2, **callback_kw):
     finally:
         fit_recording_steps.trained = bool(steps)
     return cb
+
+
+def tiny_slots(names=("fid",), features=None, embed=None) -> list:
+    """The extractor slots of ``names`` on the tiny networks (CMMD on ``embed``, the rest on ``features``)."""
+    from lightning_fid.engine import build_slots
+    from lightning_fid.metrics import CMMD, resolve_metrics
+
+    metrics = resolve_metrics([CMMD(extractor=embed or TinyEmbed(seed=5)) if n == "cmmd" else n for n in names])
+    return build_slots(metrics, features or TinyFeatures())[0]

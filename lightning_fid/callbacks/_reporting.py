@@ -9,15 +9,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
-from lightning_fid.files import atomic_write
-
-
-def image_grid(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (K, 3, H, W) -> uint8 (3, H', W') grid."""
-    nrow = max(1, int(np.ceil(np.sqrt(images_uint8.shape[0]))))
-    return make_grid(images_uint8.cpu(), nrow=nrow, padding=2)
+from lightning_fid.engine._files import atomic_write
 
 
 def log_grid(trainer, grid: torch.Tensor, tag: str, step: int, epoch: int) -> list[str]:
@@ -63,8 +56,9 @@ def log_values(
     them itself, at ``trainer.global_step``: the step they describe.
     """
     for key, value in values.items():
-        pl_module.log(key, float(value), on_step=on_step, on_epoch=not on_step, sync_dist=False, logger=not on_step,
-                      batch_size=1)  # fmt: skip
+        pl_module.log(
+            key, float(value), on_step=on_step, on_epoch=not on_step, sync_dist=False, logger=not on_step, batch_size=1
+        )
     if on_step and trainer.is_global_zero:
         for logger in trainer.loggers:
             logger.log_metrics(dict(values), step=trainer.global_step)

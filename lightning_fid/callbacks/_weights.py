@@ -11,7 +11,7 @@ whether the module validates; the module's own weights are restored afterwards.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -52,8 +52,10 @@ def resolve_choice(weights: WeightsChoice, trainer: pl.Trainer, fitting: bool = 
     present = find_averaging(trainer) is not None
     if not fitting:
         if present and weights in ("raw", "both"):
-            rank_zero_warn(f"GenerativeMetrics(weights={weights!r}): outside fit only the module's current weights "
-                           "exist (the average, after a fit with WeightAveraging); scoring those, under the plain keys")  # fmt: skip
+            rank_zero_warn(
+                f"GenerativeMetrics(weights={weights!r}): outside fit only the module's current weights "
+                "exist (the average, after a fit with WeightAveraging); scoring those, under the plain keys"
+            )
         return ("current",)
     if weights in ("averaged", "both") and not present:
         raise ValueError(
@@ -131,25 +133,3 @@ def raw_snapshot_needed(choices: tuple[str, ...], trainer: pl.Trainer, caller: C
     if averaging is None or "raw" not in choices:
         return False
     return trainer.callbacks.index(averaging) < trainer.callbacks.index(caller)
-
-
-def evaluate_weights(
-    evaluate: Callable[[], tuple[dict[str, float], Any]],
-    choices: tuple[str, ...],
-    trainer: pl.Trainer,
-    pl_module: pl.LightningModule,
-    caller: Callback,
-    in_validation: bool = False,
-    raw_snapshot: dict[str, torch.Tensor] | None = None,
-) -> tuple[dict[str, float], Any]:
-    """Run ``evaluate`` once per chosen set of weights: the first under the plain keys, a second
-    ("raw" after "averaged") as ``<key>_raw``. Returns the values and the first grid."""
-    values: dict[str, float] = {}
-    first_grid = None
-    for position, which in enumerate(choices):
-        with scored_weights(which, trainer, pl_module, caller, in_validation, raw_snapshot):
-            result, grid = evaluate()
-        suffix = "_raw" if position > 0 else ""
-        values.update({name + suffix: value for name, value in result.items()})
-        first_grid = grid if first_grid is None else first_grid
-    return values, first_grid

@@ -1,6 +1,6 @@
 """One sample set through the data walk, free of Lightning: sample -> quantise -> extract -> accumulate
--> merge. The metric step reads the table in :mod:`lightning_fid.registry`; the callback and the CLI
-are thin layers over this module.
+-> merge. The metric step is :mod:`lightning_fid.engine._scoring`; the callback and the CLI are thin
+layers over this module.
 
 Every extractor runs once per image (a *slot*), and its features feed every metric that uses that
 slot: float64 moments for Fréchet distances, kept rows (with global sample indices) for kernel and
@@ -19,14 +19,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lightning_fid.distributed import Group, agreed, all_reduce_max, all_reduce_packed, any_rank, rank_and_world
-from lightning_fid.hygiene import full_precision, sampling_precision
-from lightning_fid.images import GENERATED, REAL, InputRange, check_fill, to_uint8
-from lightning_fid.real import RealOptions, RealSource
-from lightning_fid.reporting import image_grid
-from lightning_fid.sampling import Sampler, condition_slice, generate, plan
-from lightning_fid.slots import Slot, extract
-from lightning_fid.stats import FeatureBank, FeatureMoments, Statistics
+from lightning_fid.engine._accumulators import FeatureBank, FeatureMoments
+from lightning_fid.engine._distributed import Group, agreed, all_reduce_max, all_reduce_packed, any_rank, rank_and_world
+from lightning_fid.engine._hygiene import full_precision, sampling_precision
+from lightning_fid.engine._images import GENERATED, REAL, InputRange, check_fill, image_grid, to_uint8
+from lightning_fid.engine._real import RealOptions, RealSource
+from lightning_fid.engine._sampling import Sampler, condition_slice, generate, plan
+from lightning_fid.engine._slots import Slot, extract
+from lightning_fid.engine._stats import Statistics
 
 #: per-class FID keeps one float64 d x d matrix per class and set: refuse more than this many bytes
 CLASS_MEMORY_BUDGET = 4 * 2**30
@@ -83,8 +83,10 @@ class Accumulator:
             raise ValueError("per-class metrics need a class label for every sample (label_key= and conditions=)")
         labels = labels.to(feats.device)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= slot.classes):
-            raise ValueError(f"class labels span [{int(labels.min())}, {int(labels.max())}], outside the "
-                             f"{slot.classes} classes 0..{slot.classes - 1} that conditions= defines")  # fmt: skip
+            raise ValueError(
+                f"class labels span [{int(labels.min())}, {int(labels.max())}], outside the "
+                f"{slot.classes} classes 0..{slot.classes - 1} that conditions= defines"
+            )
         for c in labels.unique().tolist():
             self.class_moments[slot.name][c].update(feats[labels == c])
 
@@ -112,8 +114,9 @@ class Accumulator:
             for c in range(len(per_class)):
                 m = FeatureMoments.from_tensors(*reduced[3 * position : 3 * position + 3])
                 position += 1
-                out[name].classes[c] = Statistics(m.mean if m.count >= 2 else None, m.cov if m.count >= 2 else None,
-                                                  m.count)  # fmt: skip
+                out[name].classes[c] = Statistics(
+                    m.mean if m.count >= 2 else None, m.cov if m.count >= 2 else None, m.count
+                )
         for name, bank in self.banks.items():
             out[name].features = bank.gather(group)
             out[name].n = out[name].features.shape[0]
@@ -138,8 +141,9 @@ def extract_real(
     bar = tqdm(total=n_batches, desc=desc, disable=not (progress and rank == 0), leave=False)
     with full_precision():
         with agreed("reading the real data", device):
-            for index, images, labels in source.batches(num, options.batch_size, rank, world, options.image_key,
-                                                        options.transform, options.label_key):  # fmt: skip
+            for index, images, labels in source.batches(
+                num, options.batch_size, rank, world, options.image_key, options.transform, options.label_key
+            ):
                 declared = "uint8" if images.dtype == torch.uint8 else options.input_range
                 if images.dtype != torch.uint8 and images.numel():
                     span = [max(span[0], -float(images.min())), max(span[1], float(images.max()))]
@@ -213,10 +217,18 @@ def sample_and_extract(
 
 
 def dry_run(
-    sampler: Sampler, module: nn.Module, slots: list[Slot], *, num_samples: int, seed: int,
-    input_range: InputRange, device: torch.device, conditions: Sequence[Any] | None = None,
-    sample_autocast: torch.dtype | None = None, range_check: bool = True,
-) -> None:  # fmt: skip
+    sampler: Sampler,
+    module: nn.Module,
+    slots: list[Slot],
+    *,
+    num_samples: int,
+    seed: int,
+    input_range: InputRange,
+    device: torch.device,
+    conditions: Sequence[Any] | None = None,
+    sample_autocast: torch.dtype | None = None,
+    range_check: bool = True,
+) -> None:
     """Run the whole chain once, on this rank only, at ``num_samples`` (use the real batch size, so
     problems a full batch reveals show up): shapes, ranges, extractors. Nothing is communicated.
 

@@ -1,0 +1,285 @@
+"""GenerativeMetrics: FID / KID / CMMD and the other metrics of a generator, measured while it trains.
+
+The Lightning glue only: hooks, schedule, which weights are scored, logging and state. Everything
+else (sampling, extraction, merge, reference statistics, metric math) is the engine's
+:class:`~lightning_fid.engine.Evaluator`, which this callback calls and which never calls back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import nn
+from typing_extensions import override
+
+from lightning_fid.callbacks._history import History
+from lightning_fid.callbacks._loaders import check_siblings, prepare
+from lightning_fid.callbacks._monitors import check_monitors
+from lightning_fid.callbacks._reporting import log_grid, log_values
+from lightning_fid.callbacks._run import RunState, evaluate_choices
+from lightning_fid.callbacks._schedule import Cadence, check_schedule
+from lightning_fid.callbacks._weights import CHOICES, WeightsChoice, raw_snapshot_needed, resolve_choice
+from lightning_fid.engine import Evaluator, StatsCache
+from lightning_fid.engine._images import InputRange
+from lightning_fid.engine._sampling import SampleFn, make_sampler
+from lightning_fid.extractors.weights import cache_dir as default_cache_root
+from lightning_fid.metrics.base import Metric
+
+
+class GenerativeMetrics(Callback):
+    r"""Log FID / KID / CMMD (and more) of a generator while it trains, exactly and identically on every rank.
+
+    Args:
+        real: the reference data: a :class:`~lightning_fid.RealData` (which also says how to read it),
+            or a DataLoader, a Dataset, a callable returning either, ``"train"`` / ``"val"`` (the
+            trainer's loaders), an image folder, or a statistics ``.npz`` (Fréchet distances only).
+        sample_fn: ``sample_fn(module, batch_size, generator) -> images`` (NCHW in ``input_range``);
+            ``generator`` is a seeded CPU ``torch.Generator``. It may declare keyword parameters
+            ``index`` (the batch's global sample indices) and ``conditions`` (its slice of
+            ``conditions``). Optional if the module defines ``sample_images(batch_size, generator)``.
+        metrics: metric names (``"fid"``, ``"kid"``, ``"cmmd"``, ``"is"``, ``"precision"``, ``"recall"``,
+            ``"density"``, ``"coverage"``, ``"fid_inf"``, ``"fd_dinov2"``, ``"fid_per_class"``,
+            ``"intra_fid"``) or :class:`~lightning_fid.metrics.Metric` objects with their options,
+            e.g. ``KID(subset_size=500)``, your own subclasses included.
+        feature_extractor: the network of metrics that read Inception-v3's pool features, when they
+            have no ``extractor`` of their own (default: :class:`~lightning_fid.InceptionV3`).
+        num_samples: generated samples per evaluation (fixed noise, so evaluations are comparable).
+        batch_size: sampling batch size (also the real-data batch size).
+        seed: seed of the fixed noise (and of metrics' own random draws unless they set one).
+        every_n_epochs: evaluate epochs where ``(epoch + 1) % every_n_epochs == 0`` (Lightning's
+            convention), at their validation or, without one, at their training epoch end (default 1).
+        every_n_steps: instead, evaluate whenever ``trainer.global_step`` reaches a multiple of this.
+        weights: ``"auto"`` (the averaged weights when a ``WeightAveraging`` callback such as
+            ``EMAWeightAveraging`` is present, else the raw ones), ``"raw"``, ``"averaged"``, or
+            ``"both"`` (averaged under the normal keys, raw under ``<key>_raw``).
+        conditions: one entry per generated sample (labels tensor, list of prompts, ...); sample
+            ``i`` always gets ``conditions[i]``, passed to the sampler as ``conditions=``.
+        sample_autocast: run the generator under ``torch.autocast`` with this dtype for speed;
+            feature extraction always runs in full precision.
+        input_range: range of generated images: ``(-1, 1)``, ``(0, 1)`` or ``"uint8"``.
+        range_check: refuse, before training, generated float images that fill only the upper half of
+            ``input_range`` (``RealData(range_check=...)`` does the same for real images).
+        prefix: prepended to every logged key; two callbacks on one trainer need different prefixes.
+        final_num_samples: if set, one more evaluation with this many samples at the end of fit,
+            logged as ``final_<key>`` (also the sample count of ``trainer.test``).
+        log_images: number of fixed-noise samples shown as a grid each evaluation (0: none).
+        cache_dir: where reference statistics are cached (default: ``$LIGHTNING_FID_HOME/stats``).
+        use_cache: False reads the real data at every fit.
+        progress: show progress bars on rank 0.
+        dry_run_samples: samples drawn before training to check the whole chain (default: one batch).
+
+    Raises:
+        ValueError: before any network is loaded, for every option that cannot work (unknown metric,
+            two metrics on one key, a metric option the sample counts cannot satisfy, ...), naming
+            the option to change.
+
+    Example::
+
+        from lightning_fid import GenerativeMetrics, RealData
+        from lightning_fid.metrics import KID
+
+        metrics = GenerativeMetrics(real=RealData(val_set, image_key="image"), sample_fn=sample,
+                                    metrics=["fid", KID(subset_size=500)], every_n_steps=5000)
+        trainer = pl.Trainer(callbacks=[metrics])
+    """
+
+    def __init__(
+        self,
+        real: Any,
+        sample_fn: SampleFn | None = None,
+        metrics: Sequence[str | Metric] = ("fid",),
+        feature_extractor: nn.Module | None = None,
+        num_samples: int = 10_000,
+        batch_size: int = 250,
+        seed: int = 0,
+        every_n_epochs: int | None = None,
+        every_n_steps: int | None = None,
+        weights: WeightsChoice = "auto",
+        conditions: Sequence[Any] | None = None,
+        sample_autocast: torch.dtype | None = None,
+        input_range: InputRange = (-1.0, 1.0),
+        range_check: bool = True,
+        prefix: str = "",
+        final_num_samples: int | None = None,
+        log_images: int = 16,
+        cache_dir: str | Path | None = None,
+        use_cache: bool = True,
+        progress: bool = True,
+        dry_run_samples: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.evaluator = Evaluator(
+            real,
+            metrics,
+            sample_fn=sample_fn,
+            feature_extractor=feature_extractor,
+            num_samples=num_samples,
+            batch_size=batch_size,
+            seed=seed,
+            input_range=input_range,
+            conditions=conditions,
+            sample_autocast=sample_autocast,
+            grid_size=log_images,
+            progress=progress,
+            dry_run_samples=dry_run_samples,
+            cache=StatsCache(cache_dir or default_cache_root() / "stats") if use_cache else None,
+            range_check=range_check,
+            final_num_samples=final_num_samples,
+        )
+        default_epochs = 1 if every_n_epochs is None and every_n_steps is None else every_n_epochs
+        self.cadence = Cadence(default_epochs, every_n_steps)
+        self.weights = weights
+        if weights not in CHOICES:
+            raise ValueError(f"weights={weights!r}; choose from {CHOICES}")
+        self.prefix = prefix
+        self.final_num_samples = final_num_samples
+        self.run = RunState(History(prefix))
+        self._choices: tuple[str, ...] = ("raw",)
+
+    @property
+    def metrics(self) -> tuple[Metric, ...]:
+        """The metric objects."""
+        return self.evaluator.metrics
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        """The ``final_num_samples`` evaluation at the end of fit, as logged (also after ``ddp_spawn``)."""
+        return self.run.history.final
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every evaluation's float64 values with ``epoch`` and ``step`` (also after ``ddp_spawn``)."""
+        return self.run.history.entries
+
+    @property
+    def best(self) -> float | None:
+        """The best value of the first metric's main key so far (by its direction)."""
+        return self.run.best
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(prefix=self.prefix, metrics=self.evaluator.keys())
+
+    def keys(self) -> list[str]:
+        """Every metric key this callback logs (what EarlyStopping / ModelCheckpoint may monitor)."""
+        names = self.evaluator.keys()
+        if self.weights == "both":
+            names += [name + "_raw" for name in names]
+        return [self.prefix + name for name in names]
+
+    def should_evaluate(self, trainer: pl.Trainer) -> bool:
+        """Whether the current epoch (epoch cadence) or step (step cadence) is due. Override for
+        another schedule; :mod:`lightning_fid.callbacks._monitors` checks monitors against the default one."""
+        if trainer.sanity_checking:
+            return False
+        if self.cadence.by_steps:
+            return self.cadence.step_due(trainer.global_step, self.run.last_step)
+        return self.cadence.epoch_due(trainer.current_epoch)
+
+    def evaluated_now(self, trainer: pl.Trainer) -> bool:
+        """True right after an evaluation, until the trainer moves to another epoch or step."""
+        return self.run.last_evaluated == (trainer.current_epoch, trainer.global_step)
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check keys and files against sibling callbacks, build the networks (resolving weights: fails
+        fast when missing) and check the sampler."""
+        check_siblings(self, trainer)
+        make_sampler(self.evaluator.sample_fn, pl_module)
+        self.evaluator.build()
+        self._choices = resolve_choice(self.weights, trainer, fitting=stage == "fit")
+        if stage == "fit":
+            self.run.reset()
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_monitors(trainer, set(self.keys()), self.cadence)
+        prepare(self.evaluator, trainer, pl_module)
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        check_schedule(self.cadence, trainer, is_overridden("validation_step", pl_module))
+        self.run.last_step = trainer.global_step  # a resumed run continues the schedule, no extra evaluation
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.evaluator.reference is None:  # trainer.validate() without fit
+            prepare(self.evaluator, trainer, pl_module)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.evaluator.reference is None:
+            prepare(self.evaluator, trainer, pl_module)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if trainer.state.fn == TrainerFn.VALIDATING or (not self.cadence.by_steps and self.should_evaluate(trainer)):
+            self._evaluate_and_log(trainer, pl_module, in_validation=True)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.cadence.by_steps and self.should_evaluate(trainer):
+            self._evaluate_and_log(trainer, pl_module, on_step=True)
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning runs this before EarlyStopping's and ModelCheckpoint's on_train_epoch_end. A due
+        # epoch without a validation run is evaluated here.
+        evaluated = self.run.last_evaluated is not None and self.run.last_evaluated[0] == trainer.current_epoch
+        if not self.cadence.by_steps and self.should_evaluate(trainer) and not evaluated:
+            self._evaluate_and_log(trainer, pl_module)
+        if self.final_num_samples is not None and raw_snapshot_needed(self._choices, trainer, self):
+            self.run.raw_snapshot = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        n = self.final_num_samples or self.evaluator.num_samples
+        values, _ = evaluate_choices(self.evaluator, self._choices, trainer, pl_module, self, n)
+        log_values(trainer, pl_module, {"test/" + self.prefix + k: v for k, v in values.items()})
+
+    @override
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.final_num_samples is not None:
+            n, snapshot = self.final_num_samples, self.run.raw_snapshot
+            values, _ = evaluate_choices(self.evaluator, self._choices, trainer, pl_module, self, n, False, snapshot)
+            self.run.finish({self.prefix + "final_" + k: v for k, v in values.items()}, trainer)
+
+    def evaluate(
+        self, pl_module: nn.Module, num_samples: int | None = None
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Metrics of the module's current weights (a collective call), also outside ``fit``, on any module
+        ``sample_fn`` can sample: prepares on first use. Returns (values, grid on rank 0)."""
+        return self.evaluator.evaluate(pl_module, num_samples)
+
+    def _evaluate_and_log(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, in_validation: bool = False, on_step: bool = False
+    ) -> None:
+        start = time.perf_counter()
+        n = self.evaluator.num_samples
+        values, grid = evaluate_choices(self.evaluator, self._choices, trainer, pl_module, self, n, in_validation)
+        values["eval_seconds"] = time.perf_counter() - start
+        log_values(trainer, pl_module, {self.prefix + k: v for k, v in values.items()}, on_step=on_step)
+        keys = self.evaluator.keys()
+        self.run.record(trainer, values, keys[0] if keys else None, self.metrics[0].higher_is_better)
+        if grid is not None and trainer.is_global_zero:
+            log_grid(trainer, grid, f"{self.prefix}samples", trainer.global_step, trainer.current_epoch)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.run.state_dict(self.evaluator)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore history, best value and the noise seed; conflicts with the constructor warn."""
+        self.run.load_state_dict(state_dict, self.evaluator)

@@ -1,0 +1,72 @@
+"""What a callback may learn from the trainer before it prepares: its loaders, and whether another
+GenerativeMetrics on it would log a key or write a file this one owns."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from lightning_fid.engine import Evaluator
+
+
+def trainer_loader(trainer: pl.Trainer, pl_module: pl.LightningModule, which: str) -> Any:
+    """The trainer's ``train`` / ``val`` loader (its first one when it has several).
+
+    Raises:
+        ValueError: no datamodule or module method defines it and Lightning has not set it up yet.
+    """
+    method = f"{which}_dataloader"
+    if trainer.datamodule is not None and is_overridden(method, trainer.datamodule):
+        loader = getattr(trainer.datamodule, method)()
+    elif is_overridden(method, pl_module):
+        loader = getattr(pl_module, method)()
+    else:  # loaders handed to fit / validate directly, once Lightning has set them up
+        loader = trainer.train_dataloader if which == "train" else trainer.val_dataloaders
+        if loader is None:
+            raise ValueError(
+                f"real={which!r} but neither a datamodule nor the LightningModule defines {method}() (loaders passed "
+                f"to trainer.fit are not set up yet when reference statistics are computed): pass the loader "
+                f"itself as real=..."
+            )
+    return loader[0] if isinstance(loader, (list, tuple)) else loader
+
+
+def prepare(evaluator: Evaluator, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Everything before training: the evaluator's dry run and reference statistics, with the
+    trainer's loaders as the named sources ``"train"`` / ``"val"``."""
+    named = {which: partial(trainer_loader, trainer, pl_module, which) for which in ("train", "val")}
+    evaluator.prepare(pl_module, named=named)
+
+
+def owned_keys(callback: Callback) -> set[str]:
+    """Every key ``callback`` logs: its metric keys, ``eval_seconds``, final and test keys."""
+    names = callback.evaluator.keys()
+    own = callback.keys() + [callback.prefix + "eval_seconds"]
+    if callback.final_num_samples is not None:
+        own += [callback.prefix + "final_" + n for n in names]
+    return set(own + ["test/" + callback.prefix + n for n in names])
+
+
+def check_siblings(callback: Callback, trainer: pl.Trainer) -> None:
+    """Refuse, before anything runs, two GenerativeMetrics on one trainer that would log one key or
+    write one history file: every key and file belongs to exactly one callback.
+
+    Raises:
+        ValueError: naming the shared keys or file and the option to change (``prefix``).
+    """
+    mine = owned_keys(callback)
+    for other in trainer.callbacks:
+        if other is callback or type(other) is not type(callback):
+            continue
+        shared = sorted(mine & owned_keys(other))
+        same_file = other.run.history.file_name == callback.run.history.file_name
+        if shared or same_file:
+            what = f"keys {shared[:6]}" if shared else f"the history file {callback.run.history.file_name}"
+            raise ValueError(
+                f"two GenerativeMetrics on one trainer (prefix={callback.prefix!r} and prefix={other.prefix!r}) would "
+                f"both write {what}: give each its own prefix=, e.g. prefix='ema/'"
+            )

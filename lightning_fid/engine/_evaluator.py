@@ -1,0 +1,225 @@
+"""Evaluator: one evaluation set-up (metrics, networks, real data, fixed noise), free of Lightning.
+
+The callback owns one and calls it on schedule; scripts and notebooks can use it directly. It
+builds the extractor slots the metrics need, prepares once (a dry run at a full batch, then the
+reference statistics and each metric's reference-side work), and evaluates any generator module on
+the fixed noise. Every call leaves the RNG states as it found them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_fid.engine._cache import StatsCache
+from lightning_fid.engine._distributed import agreed, rank_and_world
+from lightning_fid.engine._hygiene import preserved_rng
+from lightning_fid.engine._images import InputRange, parse_range
+from lightning_fid.engine._pipeline import dry_run, sample_and_extract
+from lightning_fid.engine._real import as_real_data
+from lightning_fid.engine._reference import Reference, is_statistics_file, resolve_reference
+from lightning_fid.engine._sampling import SampleFn, make_sampler
+from lightning_fid.engine._scoring import Scorer, warn_rank_zero
+from lightning_fid.engine._slots import Slot, build_slots
+from lightning_fid.metrics.base import Metric, RunInfo
+from lightning_fid.metrics.catalog import resolve_metrics
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where the generator lives (a LightningModule knows; a plain module has parameters)."""
+    device = getattr(module, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def _positive(value: Any, name: str, least: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return value
+
+
+def count_classes(conditions: Any, label_key: Any) -> int:
+    """Number of classes of per-class metrics: from the generated samples' integer labels."""
+    if conditions is None or label_key is None:
+        raise ValueError(
+            "per-class metrics need conditions= (the generated samples' integer class labels) and "
+            "RealData(label_key=...) (where real batches hold theirs)"
+        )
+    labels = torch.as_tensor(conditions) if not isinstance(conditions, torch.Tensor) else conditions
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1 or int(labels.min()) < 0:
+        raise ValueError("per-class metrics need conditions= to be non-negative integer class labels, one per sample")
+    return int(labels.max()) + 1
+
+
+class Evaluator:
+    """What one evaluation needs; see :class:`~lightning_fid.GenerativeMetrics` for each argument.
+
+    Raises:
+        ValueError: any option that cannot work, before any network is loaded.
+    """
+
+    def __init__(
+        self,
+        real: Any,
+        metrics: str | Metric | Iterable[str | Metric] = ("fid",),
+        *,
+        sample_fn: SampleFn | None = None,
+        feature_extractor: nn.Module | None = None,
+        weights: Mapping[str, Any] | None = None,
+        num_samples: int = 10_000,
+        batch_size: int = 250,
+        seed: int = 0,
+        input_range: InputRange = (-1.0, 1.0),
+        conditions: Sequence[Any] | None = None,
+        sample_autocast: torch.dtype | None = None,
+        cache: StatsCache | None = None,
+        grid_size: int = 0,
+        progress: bool = True,
+        dry_run_samples: int | None = None,
+        range_check: bool = True,
+        final_num_samples: int | None = None,
+    ) -> None:
+        self.metrics = resolve_metrics(metrics)
+        self.real = as_real_data(real)
+        if isinstance(num_samples, int) and num_samples < 2:
+            raise ValueError(f"num_samples={num_samples}: metrics need at least 2 generated samples")
+        self.num_samples = _positive(num_samples, "num_samples", 2)
+        self.batch_size = _positive(batch_size, "batch_size")
+        parse_range(input_range)
+        if final_num_samples is not None and _positive(final_num_samples, "final_num_samples", 2) < num_samples:
+            raise ValueError("final_num_samples should be larger than num_samples (it is the end-of-fit evaluation)")
+        if not isinstance(grid_size, int) or not 0 <= grid_size <= batch_size:
+            raise ValueError(f"log_images must be between 0 and batch_size={batch_size}, got {grid_size!r}")
+        needed = max(num_samples, final_num_samples or 0)
+        if conditions is not None and len(conditions) < needed:
+            raise ValueError(f"conditions has {len(conditions)} entries but {needed} samples are generated")
+        if is_statistics_file(self.real.source) and any(m.needs.features or m.needs.per_class for m in self.metrics):
+            raise ValueError(
+                f"a .npz statistics file holds moments only, for Fréchet distances; {self.metrics} need real images"
+            )
+        per_class = any(m.needs.per_class for m in self.metrics)
+        classes = count_classes(conditions, self.real.label_key) if per_class else 0
+        self.run = RunInfo(num_samples=needed, classes=classes, min_samples=num_samples)
+        self.scorer = Scorer(self.metrics, (), self.run, seed)
+        self.sample_fn = sample_fn
+        self.feature_extractor = feature_extractor
+        self.weights = dict(weights or {})
+        self.input_range = input_range
+        self.real_options = self.real.options(batch_size, input_range)
+        self.conditions = conditions
+        self.sample_autocast = sample_autocast
+        self.cache = cache
+        self.grid_size = grid_size
+        self.progress = progress
+        self.range_check = range_check
+        self.dry_run_samples = max(2, min(num_samples, dry_run_samples or batch_size))
+        self.slots: list[Slot] = []
+        self.reference: Reference | None = None
+
+    @property
+    def seed(self) -> int:
+        """Seed of the fixed noise (and the default seed of metrics' own random draws)."""
+        return self.scorer.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.scorer.seed = value
+
+    def keys(self) -> list[str]:
+        """Every key the metrics log, in order (per-class keys included)."""
+        return self.scorer.keys()
+
+    def build(self) -> None:
+        """Build the extractor slots once (resolving published weights: fails fast when missing)."""
+        if not self.slots:
+            self.slots, slot_of = build_slots(self.metrics, self.feature_extractor, self.weights, self.run.classes)
+            self.scorer.slot_of = tuple(slot_of)
+
+    def prepare(self, module: nn.Module, named: Mapping[str, Callable[[], Any]] | None = None) -> None:
+        """Dry run of the whole chain at a full batch, then reference statistics (a collective call).
+        Leaves every RNG as it found it, so a cache hit trains exactly like a cache miss.
+
+        Raises:
+            ValueError: anything wrong with the generator, the networks, the real data or a metric's
+                fit to them, saying what to change.
+        """
+        self.build()
+        device = module_device(module)
+        # Lightning may call hooks under inference_mode; cached statistics must stay ordinary tensors.
+        with torch.inference_mode(False), torch.no_grad(), preserved_rng():
+            for slot in self.slots:
+                slot.module.to(device)
+            with agreed("the dry run", device):  # no rank may go on to the reference pass alone
+                dry_run(
+                    make_sampler(self.sample_fn, module),
+                    module,
+                    self.slots,
+                    num_samples=self.dry_run_samples,
+                    seed=self.seed,
+                    input_range=self.input_range,
+                    device=device,
+                    conditions=self.conditions,
+                    sample_autocast=self.sample_autocast,
+                    range_check=self.range_check,
+                )
+            reference = resolve_reference(
+                self.real.source,
+                self.slots,
+                self.real_options,
+                device=device,
+                cache=self.cache,
+                named=named,
+                progress=self._progress(),
+                identity=[m.identity() for m in self.metrics],
+            )
+            self.scorer.prepare(reference.stats)
+        self.reference = reference
+
+    def evaluate(
+        self, module: nn.Module, num_samples: int | None = None, strict: bool = True
+    ) -> tuple[dict[str, float], torch.Tensor | None]:
+        """Metrics of ``num_samples`` (default: ``self.num_samples``) fixed-noise samples of ``module``'s
+        current weights (a collective call). Returns (values, grid on rank 0 or None).
+
+        Non-finite generated images give NaN for every key, with a warning. With ``strict=False`` (the
+        callback, once training has started) any failure of sampling, extraction or a metric gives
+        NaN for the keys it affects, with a warning naming the cause, instead of an exception.
+        """
+        if self.reference is None:
+            self.prepare(module)
+        with torch.inference_mode(False), torch.no_grad(), preserved_rng():
+            try:
+                fake = sample_and_extract(
+                    make_sampler(self.sample_fn, module),
+                    module,
+                    self.slots,
+                    num_samples=num_samples or self.num_samples,
+                    batch_size=self.batch_size,
+                    seed=self.seed,
+                    input_range=self.input_range,
+                    device=module_device(module),
+                    conditions=self.conditions,
+                    sample_autocast=self.sample_autocast,
+                    grid_size=self.grid_size if rank_and_world()[0] == 0 else 0,
+                    progress=self._progress(),
+                )
+            except Exception as exc:
+                if strict:
+                    raise
+                warn_rank_zero(
+                    f"lightning_fid: sampling or feature extraction failed ({type(exc).__name__}: {exc}); "
+                    f"logging NaN for {self.keys()}"
+                )
+                return self.scorer.nan_values(), None
+            if fake.stats is None:
+                epoch = getattr(module, "current_epoch", 0)
+                warn_rank_zero(f"epoch {epoch}: the generator produced NaN/inf images; logging NaN for {self.keys()}")
+                return self.scorer.nan_values(), fake.grid
+            return self.scorer.score(self.reference.stats, fake.stats, strict=strict), fake.grid
+
+    def _progress(self) -> bool:
+        return self.progress and rank_and_world()[0] == 0

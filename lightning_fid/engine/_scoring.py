@@ -1,0 +1,102 @@
+"""The metric step of the data walk: merged statistics in, every metric's logged values out.
+
+A :class:`Scorer` holds the metrics, the slot each one reads, each metric's run state and the run's
+shared reference-side memo. It checks the reference against every metric, runs their once-per-run
+work, and scores a generated set. The evaluator and the CLI both use it. No Lightning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lightning_fid.engine._distributed import rank_and_world
+from lightning_fid.engine._stats import Statistics
+from lightning_fid.metrics.base import Context, Metric, RunInfo, values_of
+from lightning_fid.metrics.catalog import check_unique_keys
+
+
+def warn_rank_zero(message: str) -> None:
+    """A warning on rank 0 only (every rank knows the same thing)."""
+    if rank_and_world()[0] == 0:
+        warnings.warn(message, stacklevel=3)
+
+
+class Scorer:
+    """Scores generated statistics against one reference for a fixed list of metrics.
+
+    Args:
+        metrics: the metric objects.
+        slot_of: the slot each metric reads, in the same order.
+        run: what the metrics check their options against.
+        seed: the run's noise seed (metrics with a random draw of their own default to it).
+
+    Raises:
+        ValueError: two metrics log one key, or a metric's options cannot work with ``run``.
+    """
+
+    def __init__(self, metrics: Sequence[Metric], slot_of: Sequence[str], run: RunInfo, seed: int = 0) -> None:
+        self.metrics = tuple(metrics)
+        self.slot_of = tuple(slot_of)
+        self.run = run
+        self.seed = seed
+        check_unique_keys(self.metrics, run)
+        for metric in self.metrics:
+            metric.check_run(run)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the run state (a new reference)."""
+        self._state: list[dict[str, Any]] = [{} for _ in self.metrics]
+        self._reference_memo: dict[Any, Any] = {}
+
+    def keys(self) -> list[str]:
+        """Every key the metrics log, in order."""
+        return [key for metric in self.metrics for key in metric.keys(self.run)]
+
+    def nan_values(self) -> dict[str, float]:
+        """NaN for every key: what an evaluation without a valid value logs."""
+        return {k: v for metric in self.metrics for k, v in metric.nan_values(self.run).items()}
+
+    def _context(self, i: int, shared: dict[Any, Any]) -> Context:
+        return Context(
+            seed=self.seed, state=self._state[i], shared=shared, reference=self._reference_memo, network=self.slot_of[i]
+        )
+
+    def prepare(self, reference: Mapping[str, Statistics]) -> None:
+        """Check ``reference`` against every metric, then run each one's reference-side work once.
+
+        Raises:
+            ValueError: naming the metric and what to change.
+        """
+        self.reset()
+        for i, metric in enumerate(self.metrics):
+            real = reference[self.slot_of[i]]
+            try:
+                metric.check_reference(real, self.run)
+            except ValueError as exc:
+                raise ValueError(f"{metric!r}: {exc}") from None
+            metric.prepare(real, self._context(i, {}))
+
+    def score(
+        self, reference: Mapping[str, Statistics], fake: Mapping[str, Statistics], strict: bool = True
+    ) -> dict[str, float]:
+        """Every metric's values (a collective call: identical on every rank). With ``strict=False``
+        a metric that fails logs NaN for its keys with a warning naming it and the cause."""
+        values: dict[str, float] = {}
+        shared: dict[Any, Any] = {}
+        for i, metric in enumerate(self.metrics):
+            slot = self.slot_of[i]
+            try:
+                result = metric.compute(reference[slot], fake[slot], self._context(i, shared))
+                values.update(values_of(metric, result, self.run))
+            except Exception as exc:  # a metric never ends a training run: NaN and say why
+                if strict:
+                    raise
+                warn_rank_zero(
+                    f"lightning_fid: {metric!r} could not be computed on the generated samples "
+                    f"({type(exc).__name__}: {exc}); logging NaN for {list(metric.keys(self.run))}"
+                )
+                values.update(metric.nan_values(self.run))
+        return values

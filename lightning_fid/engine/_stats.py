@@ -1,0 +1,172 @@
+"""Feature statistics as metrics receive them and files store them (the accumulators that produce
+them are :mod:`lightning_fid.engine._accumulators`).
+
+:class:`Statistics` is the merged result for one set and one extractor: mean, covariance, the
+  sample count (``None`` when unknown, e.g. a pytorch-fid file), the kept features if any, and
+  metadata. It is what reference files, the cache and every metric function exchange.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lightning_fid.engine._files import atomic_write
+from lightning_fid.engine._validation import ArrayLike, check_finite
+
+
+def _float64(x: ArrayLike | None) -> torch.Tensor | None:
+    if x is None:
+        return None
+    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float64)
+
+
+def _count(value: np.ndarray, source: str) -> int:
+    if value.shape != () or value.dtype.kind not in "iuf" or float(value) != int(value):
+        raise ValueError(f"{source}: n must be one integer sample count, got {value!r}")
+    return int(value)
+
+
+@dataclass
+class Statistics:
+    """One sample set's statistics for one extractor, identical on every rank once merged.
+
+    ``mu`` / ``sigma`` are float64 tensors (FID), ``features`` the kept rows in global sample order
+    (KID, CMMD), ``n`` the sample count or ``None`` when a file does not record it. Metrics keep
+    their reference-side work in their own run state, never here.
+    """
+
+    mu: torch.Tensor | None = None
+    sigma: torch.Tensor | None = None
+    n: int | None = None
+    features: torch.Tensor | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    classes: dict[int, Statistics] = field(default_factory=dict)  # per-class moments (per-class FID)
+
+    def __post_init__(self) -> None:
+        self.mu = _float64(self.mu)
+        self.sigma = _float64(self.sigma)
+        if self.features is not None and not isinstance(self.features, torch.Tensor):
+            self.features = torch.from_numpy(np.asarray(self.features))
+        if self.n is not None:
+            self.n = int(self.n)
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension."""
+        if self.mu is not None:
+            return int(self.mu.shape[0])
+        if self.features is not None:
+            return int(self.features.shape[1])
+        for per_class in self.classes.values():
+            if per_class.has_moments:
+                return per_class.dim
+        raise ValueError("empty statistics: neither moments nor features")
+
+    @property
+    def has_moments(self) -> bool:
+        """True when mean and covariance are present (FID can use them)."""
+        return self.mu is not None and self.sigma is not None
+
+    def to(self, device: torch.device | str) -> Statistics:
+        """A copy with every tensor on ``device``."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        classes = {c: s.to(device) for c, s in self.classes.items()}
+        return Statistics(
+            move(self.mu), move(self.sigma), self.n, move(self.features), dict(self.metadata), classes=classes
+        )
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """numpy arrays for an .npz: ``mu``, ``sigma`` (if present), ``n`` (if known), ``features`` (if kept)."""
+        out: dict[str, np.ndarray] = {}
+        if self.has_moments:
+            out.update(mu=self.mu.cpu().numpy(), sigma=self.sigma.cpu().numpy())
+        if self.n is not None:
+            out["n"] = np.asarray(self.n, dtype=np.int64)
+        if self.features is not None:
+            out["features"] = self.features.cpu().numpy()
+        if self.classes:
+            count = max(self.classes) + 1
+            dim = next((s.dim for s in self.classes.values() if s.has_moments), 0)
+            out["class_n"] = np.array([self.classes[c].n if c in self.classes else 0 for c in range(count)])
+            out["class_mu"] = np.zeros((count, dim))
+            out["class_sigma"] = np.zeros((count, dim, dim))
+            for c, s in self.classes.items():
+                if s.has_moments:
+                    out["class_mu"][c] = s.mu.cpu().numpy()
+                    out["class_sigma"][c] = s.sigma.cpu().numpy()
+        out["metadata"] = np.asarray(json.dumps(self.metadata, sort_keys=True, default=str))
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], source: str = "statistics") -> Statistics:
+        """Inverse of :meth:`to_arrays`; ``source`` names the file in errors."""
+        for name in ("mu", "sigma", "features"):
+            if name in arrays and arrays[name].dtype.kind not in "iuf":
+                raise ValueError(f"{source}: {name} must hold real numbers, got dtype {arrays[name].dtype}")
+        n = _count(arrays["n"], source) if "n" in arrays else None
+        metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
+        stats = cls(arrays.get("mu"), arrays.get("sigma"), n, arrays.get("features"), metadata)
+        for c, count in enumerate(arrays.get("class_n", [])):
+            moments = int(count) >= 2
+            stats.classes[c] = cls(
+                arrays["class_mu"][c] if moments else None, arrays["class_sigma"][c] if moments else None, int(count)
+            )
+        if stats.has_moments and (stats.mu.ndim != 1 or stats.sigma.shape != (stats.dim, stats.dim)):
+            raise ValueError(
+                f"{source}: mu has shape {tuple(stats.mu.shape)} and sigma {tuple(stats.sigma.shape)}; "
+                "expected (d,) and (d, d)"
+            )
+        return stats
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``mu``, ``sigma``, ``n`` and JSON metadata atomically (readable by pytorch-fid and EDM)."""
+        if not self.has_moments:
+            raise ValueError("only statistics with a mean and covariance can be saved as a statistics file")
+        arrays = {k: v for k, v in self.to_arrays().items() if k != "features"}
+        with atomic_write(path, suffix=".npz") as tmp:
+            np.savez(tmp, **arrays)
+
+
+def load_statistics(path: str | os.PathLike) -> Statistics:
+    """Read a statistics .npz (ours, pytorch-fid's or EDM's): needs ``mu`` and ``sigma`` arrays."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"statistics file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as exc:  # zip, pickle and format errors all mean "not a usable .npz"
+        raise ValueError(f"cannot read statistics file {path}: {exc}") from exc
+    if "mu" not in arrays or "sigma" not in arrays:
+        raise ValueError(f"{path} holds {sorted(arrays)}, but a statistics file needs 'mu' and 'sigma'")
+    arrays.pop("features", None)  # a statistics file is moments; kept features live in the cache only
+    stats = Statistics.from_arrays(arrays, source=str(path))
+    validate_statistics(stats, str(path))
+    return stats
+
+
+def validate_statistics(stats: Statistics, source: str) -> None:
+    """Refuse statistics no covariance can have, naming ``source``: a count below 2 or not an integer,
+    non-finite values, an asymmetric or non-positive-semi-definite covariance (beyond rounding)."""
+    from lightning_fid.metrics.fid import check_psd_eigenvalues, check_symmetric
+
+    try:
+        if stats.n is not None and stats.n < 2:
+            raise ValueError(f"n = {stats.n}: statistics need at least 2 samples")
+        if not stats.has_moments:
+            return
+        for name, tensor in (("mu", stats.mu), ("sigma", stats.sigma)):
+            check_finite(tensor, name)
+        check_symmetric(stats.sigma, "sigma")
+        symmetric = (stats.sigma + stats.sigma.T) / 2
+        if int(torch.linalg.cholesky_ex(symmetric)[1]) != 0:  # not positive definite: look closer
+            check_psd_eigenvalues(torch.linalg.eigvalsh(symmetric), "sigma")
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
