@@ -215,9 +215,12 @@ STATS_FILES = {
     "asymmetric": (dict(mu=MU, sigma=ASYMMETRIC), Raises(ValueError, "stats.npz: sigma is not symmetric")),
     "not PSD": (dict(mu=MU, sigma=NOT_PSD), Raises(ValueError, "stats.npz: sigma is not positive semi-definite")),
     "n = 1": (dict(mu=MU, sigma=SIGMA, n=np.int64(1)), Raises(ValueError, "stats.npz: n = 1")),
-    "n = -5": (dict(mu=MU, sigma=SIGMA, n=np.int64(-5)), Raises(ValueError, "n = -5")),
-    "n = 3.5": (dict(mu=MU, sigma=SIGMA, n=np.float64(3.5)), Raises(ValueError, "n must be one integer")),
-    "n an array": (dict(mu=MU, sigma=SIGMA, n=np.arange(3)), Raises(ValueError, "n must be one integer")),
+    "n = -5": (
+        dict(mu=MU, sigma=SIGMA, n=np.int64(-5)),
+        Raises(ValueError, r"n must be one non-negative integer sample count, got array\(-5\)"),
+    ),
+    "n = 3.5": (dict(mu=MU, sigma=SIGMA, n=np.float64(3.5)), Raises(ValueError, "n must be one non-negative integer")),
+    "n an array": (dict(mu=MU, sigma=SIGMA, n=np.arange(3)), Raises(ValueError, "n must be one non-negative integer")),
     "no sigma": (dict(mu=MU), Raises(ValueError, "needs 'mu' and 'sigma'")),
     "sigma 1-d": (dict(mu=MU, sigma=MU), Raises(ValueError, r"expected \(d,\) and \(d, d\)")),
     "mu 2-d": (dict(mu=SIGMA, sigma=SIGMA), Raises(ValueError, r"expected \(d,\) and \(d, d\)")),
@@ -514,10 +517,14 @@ def cli_files(tmp_path_factory):
     folder.mkdir()
     for i in range(4):
         Image.fromarray((np.random.default_rng(i).random((16, 16, 3)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
-    np.savez(root / "a.npz", mu=MU, sigma=SIGMA, n=np.int64(50))
-    np.savez(root / "b.npz", mu=MU + 0.1, sigma=SIGMA)  # no n: pytorch-fid's format
-    np.savez(root / "bad.npz", mu=MU, sigma=NOT_PSD)
+    # Inception-sized (2048-d): the CLI scores FID on Inception statistics only
+    np.savez(root / "a.npz", mu=MU_2048, sigma=SIGMA_2048, n=np.int64(50))
+    np.savez(root / "b.npz", mu=MU_2048 + 0.1, sigma=SIGMA_2048)  # no n: pytorch-fid's format
+    np.savez(root / "bad.npz", mu=MU_2048, sigma=-SIGMA_2048)
     return root
+
+
+MU_2048, SIGMA_2048 = np.linspace(-1, 1, 2048), np.diag(np.linspace(0.5, 2.0, 2048))
 
 
 CLI = {
@@ -568,7 +575,7 @@ def test_cli_two_npz_files_score_without_weights_and_json_null_count(cli_files, 
     assert cli.main(["score", str(cli_files / "a.npz"), str(cli_files / "b.npz"), "--json"]) == 0
     values = json.loads(capsys.readouterr().out)
     assert values["n_a"] == 50 and values["n_b"] is None
-    assert values["fid"] == pytest.approx(frechet_distance(MU, SIGMA, MU + 0.1, SIGMA), rel=1e-12)
+    assert values["fid"] == pytest.approx(frechet_distance(MU_2048, SIGMA_2048, MU_2048 + 0.1, SIGMA_2048), rel=1e-12)
 
 
 # ---------------------------------------------------------------- numerics

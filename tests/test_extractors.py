@@ -167,11 +167,14 @@ def test_any_module_is_accepted_and_can_declare_itself():
     assert len(info.fingerprint) == 64
 
 
-def test_frozen_wrapper_ignores_train():
+def test_frozen_wrapper_ignores_train_and_runs_eval_whatever_the_modules_mode():
     bn = nn.BatchNorm1d(3)
     frozen = Frozen(nn.Sequential(nn.Flatten(), nn.Linear(12, 3), bn))
     frozen.train()
-    assert not frozen.training and not bn.training
+    assert not frozen.training and bn.training  # the wrapped module's own mode is left alone
+    before = bn.running_mean.clone()
+    frozen(torch.rand(4, 3, 2, 2))
+    assert torch.equal(bn.running_mean, before) and bn.training  # eval for the pass, restored after
     with pytest.raises(ValueError, match="must return \\(N, D\\)"):
         run_extractor(nn.Identity(), _images(2, 4, 4), (0.0, 1.0))
 

@@ -38,10 +38,12 @@ def test_mlflow_and_png_fallback(tmp_path):
     trainer = SimpleNamespace(loggers=[mlflow, plain], default_root_dir=str(tmp_path))
     written = log_grid(trainer, grid, "val/samples", step=7, epoch=3)
     run_id, array, artifact = mlflow.calls[0]
-    assert run_id == "run-1" and artifact == "val/samples/epoch=0003.png"
+    assert run_id == "run-1" and artifact == "val/samples/epoch=0003-step=00000007.png"
     assert np.array_equal(array, grid.permute(1, 2, 0).numpy())
-    png = tmp_path / "csv" / "samples" / "val_samples_epoch=0003.png"
+    png = tmp_path / "csv" / "samples" / "val_samples_epoch=0003-step=00000007.png"
     assert written == ["mlflow:val/samples", str(png)]
     assert np.array_equal(np.asarray(Image.open(png)), grid.permute(1, 2, 0).numpy())
     no_logger = SimpleNamespace(loggers=[], default_root_dir=str(tmp_path / "root"))
-    assert log_grid(no_logger, grid, "samples", 0, 0) == [str(tmp_path / "root" / "samples" / "samples_epoch=0000.png")]
+    assert log_grid(no_logger, grid, "samples", 0, 0) == [
+        str(tmp_path / "root" / "samples" / "samples_epoch=0000-step=00000000.png")
+    ]

@@ -38,7 +38,10 @@ def test_csv_receives_scalars_and_png_grid(tmp_path):
         rows = [r for r in csv.DictReader(f) if r.get("val/fid")]
     assert [float(r["val/fid"]) for r in rows] == pytest.approx([h["fid"] for h in cb.history], rel=1e-6)
     pngs = sorted((tmp_path / "csv").rglob("val_samples_epoch=*.png"))
-    assert [p.name for p in pngs] == ["val_samples_epoch=0000.png", "val_samples_epoch=0001.png"]
+    assert [p.name for p in pngs] == [
+        "val_samples_epoch=0000-step=00000002.png",
+        "val_samples_epoch=0001-step=00000004.png",
+    ]
 
 
 @pytest.mark.slow

@@ -6,8 +6,9 @@ import pytest
 import torch
 from helpers.tiny import TinyEmbed, TinyFeatures, TinyGAN, real_images, sample, tiny_slots
 
+from lightning_fid.engine._dry_run import dry_run
 from lightning_fid.engine._images import to_uint8
-from lightning_fid.engine._pipeline import Accumulator, dry_run, sample_and_extract
+from lightning_fid.engine._pipeline import Accumulator, sample_and_extract
 from lightning_fid.engine._sampling import make_sampler, noise_generator
 from lightning_fid.extractors.base import run_extractor
 
@@ -103,7 +104,7 @@ def test_dry_run_names_the_problem(sample_fn, match):
             make_sampler(sample_fn, None),
             TinyGAN(),
             slots,
-            num_samples=4,
+            batch_sizes=[4],
             seed=0,
             input_range=(-1, 1),
             device=torch.device("cpu"),
@@ -121,7 +122,7 @@ def test_dry_run_catches_a_lying_extractor():
             make_sampler(sample, None),
             TinyGAN(),
             slots,
-            num_samples=4,
+            batch_sizes=[4],
             seed=0,
             input_range=(-1, 1),
             device=torch.device("cpu"),

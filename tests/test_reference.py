@@ -129,7 +129,7 @@ def test_npz_file_serves_fid_only_and_unknown_count_is_none(tmp_path):
     with pytest.raises(ValueError, match="statistics .* only"):
         resolve_reference(str(path), _slots(("fid", "kid")), OPTIONS)
     np.savez(path, mu=np.zeros(5), sigma=np.eye(5))
-    with pytest.raises(ValueError, match="5 features but tiny-features gives 8"):
+    with pytest.raises(ValueError, match="holds 5-d statistics but tiny-features gives 8-d"):
         resolve_reference(str(path), _slots(("fid",)), OPTIONS)
 
 

@@ -78,7 +78,7 @@ def test_cached_file_with_wrong_hash_is_refused(home, no_network, tmp_path):
     spec = _spec_for(source)
     home.mkdir(parents=True)
     (home / "w.pth").write_bytes(source.read_bytes()[:-10] + b"corrupted!")
-    with pytest.raises(WeightsError, match="refusing cached weights .*w.pth: SHA-256"):
+    with pytest.raises(WeightsError, match="refusing cached weights .*w.pth: its SHA-256"):
         resolve_weights(spec)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from typing_extensions import override
 
 from lightning_fid.callbacks._history import History
-from lightning_fid.callbacks._loaders import check_siblings, prepare
+from lightning_fid.callbacks._loaders import check_own_keys, check_siblings, prepare
 from lightning_fid.callbacks._monitors import check_monitors
 from lightning_fid.callbacks._reporting import log_grid, log_values
 from lightning_fid.callbacks._run import RunState, evaluate_choices
@@ -143,6 +143,7 @@ class GenerativeMetrics(Callback):
         self.final_num_samples = final_num_samples
         self.run = RunState(History(prefix))
         self._choices: tuple[str, ...] = ("raw",)
+        check_own_keys(self)
 
     @property
     def metrics(self) -> tuple[Metric, ...]:
@@ -167,7 +168,7 @@ class GenerativeMetrics(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix, metrics=self.evaluator.keys())
+        return self._generate_state_key(prefix=self.prefix, metrics=tuple(m.key for m in self.metrics))
 
     def keys(self) -> list[str]:
         """Every metric key this callback logs (what EarlyStopping / ModelCheckpoint may monitor)."""

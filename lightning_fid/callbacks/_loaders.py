@@ -42,13 +42,31 @@ def prepare(evaluator: Evaluator, trainer: pl.Trainer, pl_module: pl.LightningMo
     evaluator.prepare(pl_module, named=named)
 
 
-def owned_keys(callback: Callback) -> set[str]:
-    """Every key ``callback`` logs: its metric keys, ``eval_seconds``, final and test keys."""
+def owned_keys(callback: Callback) -> list[str]:
+    """Every key ``callback`` logs: its metric keys (``_raw`` ones included), ``eval_seconds``, final and
+    test keys."""
     names = callback.evaluator.keys()
     own = callback.keys() + [callback.prefix + "eval_seconds"]
     if callback.final_num_samples is not None:
         own += [callback.prefix + "final_" + n for n in names]
-    return set(own + ["test/" + callback.prefix + n for n in names])
+    return own + ["test/" + callback.prefix + n for n in names]
+
+
+def check_own_keys(callback: Callback) -> None:
+    """Refuse a callback that would log one key for two values (``FID(key="fid_raw")`` next to
+    ``weights="both"``'s ``fid_raw``, a metric keyed ``final_fid`` next to ``final_num_samples``).
+
+    Raises:
+        ValueError: naming the key.
+    """
+    seen: set[str] = set()
+    for key in owned_keys(callback):
+        if key in seen:
+            raise ValueError(
+                f"GenerativeMetrics would log {key!r} twice (a metric's key meets a _raw, final_, "
+                "test/ or eval_seconds key): give that metric another key="
+            )
+        seen.add(key)
 
 
 def check_siblings(callback: Callback, trainer: pl.Trainer) -> None:
@@ -58,11 +76,11 @@ def check_siblings(callback: Callback, trainer: pl.Trainer) -> None:
     Raises:
         ValueError: naming the shared keys or file and the option to change (``prefix``).
     """
-    mine = owned_keys(callback)
+    mine = set(owned_keys(callback))
     for other in trainer.callbacks:
         if other is callback or type(other) is not type(callback):
             continue
-        shared = sorted(mine & owned_keys(other))
+        shared = sorted(mine & set(owned_keys(other)))
         same_file = other.run.history.file_name == callback.run.history.file_name
         if shared or same_file:
             what = f"keys {shared[:6]}" if shared else f"the history file {callback.run.history.file_name}"

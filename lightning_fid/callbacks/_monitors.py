@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
@@ -142,26 +143,49 @@ def check_monitors(trainer: pl.Trainer, keys: Collection[str], cadence: Cadence)
 
 
 class FreshEarlyStopping(EarlyStopping):
-    """``EarlyStopping`` that checks a key logged by :class:`~lightning_fid.GenerativeMetrics` only
-    right after that callback evaluated, so ``patience`` counts evaluations.
+    """``EarlyStopping`` that checks a key logged by :class:`~lightning_fid.GenerativeMetrics` exactly
+    once per evaluation, at the first hook after it, so ``patience`` counts evaluations.
 
-    Use it when validation runs more often than the metrics (``every_n_epochs > 1``). Every argument
-    is ``EarlyStopping``'s. For a key no GenerativeMetrics logs it behaves exactly like EarlyStopping.
+    It checks after a step-schedule evaluation (at the end of that training batch, with or without
+    validation, endless data included), after an epoch-schedule one (at that epoch's validation or
+    training end), whatever the order of the callbacks. Every argument is ``EarlyStopping``'s. For a
+    key no GenerativeMetrics logs it behaves exactly like ``EarlyStopping``.
     """
 
-    def _fresh(self, trainer: pl.Trainer) -> bool:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._checked: tuple[int, int] | None = None  # the (epoch, step) of the last evaluation checked
+
+    def _source(self, trainer: pl.Trainer) -> Callback | None:
         for callback in trainer.callbacks:
             keys = getattr(callback, "keys", None)
-            if callable(keys) and self.monitor in keys() and hasattr(callback, "evaluated_now"):
-                return callback.evaluated_now(trainer)
-        return True
+            if callable(keys) and self.monitor in keys() and hasattr(callback, "run"):
+                return callback
+        return None
+
+    def _check_new_evaluation(self, trainer: pl.Trainer) -> None:
+        last = self._source(trainer).run.last_evaluated
+        if last is not None and last != self._checked and not self._should_skip_check(trainer):
+            self._checked = last
+            # EarlyStopping's own check (a method of the class we extend, not patched): compares the
+            # value just logged and counts patience
+            self._run_early_stopping_check(trainer)
+
+    @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._source(trainer) is not None:
+            self._check_new_evaluation(trainer)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._fresh(trainer):
+        if self._source(trainer) is None:
             super().on_train_epoch_end(trainer, pl_module)
+        else:
+            self._check_new_evaluation(trainer)
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._fresh(trainer):
+        if self._source(trainer) is None:
             super().on_validation_end(trainer, pl_module)
+        else:
+            self._check_new_evaluation(trainer)

@@ -29,18 +29,19 @@ def log_grid(trainer, grid: torch.Tensor, tag: str, step: int, epoch: int) -> li
             logger.log_image(key=tag, images=[hwc], step=step)
             written.append(f"wandb:{tag}")
         elif kind == "MLFlowLogger":
-            logger.experiment.log_image(logger.run_id, hwc, f"{tag}/epoch={epoch:04d}.png")
+            logger.experiment.log_image(logger.run_id, hwc, f"{tag}/epoch={epoch:04d}-step={step:08d}.png")
             written.append(f"mlflow:{tag}")
         else:
             folder = Path(getattr(logger, "log_dir", None) or trainer.default_root_dir) / "samples"
-            written.append(_save_png(hwc, folder, tag, epoch))
+            written.append(_save_png(hwc, folder, tag, epoch, step))
     if not trainer.loggers:
-        written.append(_save_png(hwc, Path(trainer.default_root_dir) / "samples", tag, epoch))
+        written.append(_save_png(hwc, Path(trainer.default_root_dir) / "samples", tag, epoch, step))
     return written
 
 
-def _save_png(hwc: np.ndarray, folder: Path, tag: str, epoch: int) -> str:
-    path = folder / f"{tag.replace('/', '_')}_epoch={epoch:04d}.png"
+def _save_png(hwc: np.ndarray, folder: Path, tag: str, epoch: int, step: int) -> str:
+    """One file per evaluation: named by epoch and step, so step schedules never overwrite a grid."""
+    path = folder / f"{tag.replace('/', '_')}_epoch={epoch:04d}-step={step:08d}.png"
     with atomic_write(path, suffix=".png") as tmp:
         Image.fromarray(hwc).save(tmp)
     return str(path)

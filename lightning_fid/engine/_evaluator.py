@@ -16,9 +16,10 @@ from torch import nn
 
 from lightning_fid.engine._cache import StatsCache
 from lightning_fid.engine._distributed import agreed, rank_and_world
+from lightning_fid.engine._dry_run import dry_run
 from lightning_fid.engine._hygiene import preserved_rng
 from lightning_fid.engine._images import InputRange, parse_range
-from lightning_fid.engine._pipeline import dry_run, sample_and_extract
+from lightning_fid.engine._pipeline import sample_and_extract
 from lightning_fid.engine._real import as_real_data
 from lightning_fid.engine._reference import Reference, is_statistics_file, resolve_reference
 from lightning_fid.engine._sampling import SampleFn, make_sampler
@@ -49,7 +50,13 @@ def count_classes(conditions: Any, label_key: Any) -> int:
             "per-class metrics need conditions= (the generated samples' integer class labels) and "
             "RealData(label_key=...) (where real batches hold theirs)"
         )
-    labels = torch.as_tensor(conditions) if not isinstance(conditions, torch.Tensor) else conditions
+    try:
+        labels = torch.as_tensor(conditions) if not isinstance(conditions, torch.Tensor) else conditions
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(
+            f"per-class metrics need conditions= to be integer class labels, one per sample; got "
+            f"{type(conditions).__name__} of {type(next(iter(conditions), None)).__name__} (prompts? use a label list)"
+        ) from None
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1 or int(labels.min()) < 0:
         raise ValueError("per-class metrics need conditions= to be non-negative integer class labels, one per sample")
     return int(labels.max()) + 1
@@ -97,9 +104,11 @@ class Evaluator:
         needed = max(num_samples, final_num_samples or 0)
         if conditions is not None and len(conditions) < needed:
             raise ValueError(f"conditions has {len(conditions)} entries but {needed} samples are generated")
-        if is_statistics_file(self.real.source) and any(m.needs.features or m.needs.per_class for m in self.metrics):
+        needy = [m for m in self.metrics if m.needs.features or m.needs.per_class]
+        if is_statistics_file(self.real.source) and needy:
             raise ValueError(
-                f"a .npz statistics file holds moments only, for Fréchet distances; {self.metrics} need real images"
+                f"a .npz statistics file holds one mean and covariance, for Fréchet distances; {needy} need real "
+                "images (per-class metrics: labelled ones, RealData(source, label_key=...))"
             )
         per_class = any(m.needs.per_class for m in self.metrics)
         classes = count_classes(conditions, self.real.label_key) if per_class else 0
@@ -158,7 +167,7 @@ class Evaluator:
                     make_sampler(self.sample_fn, module),
                     module,
                     self.slots,
-                    num_samples=self.dry_run_samples,
+                    batch_sizes=self._dry_run_sizes(),
                     seed=self.seed,
                     input_range=self.input_range,
                     device=device,
@@ -175,6 +184,7 @@ class Evaluator:
                 named=named,
                 progress=self._progress(),
                 identity=[m.identity() for m in self.metrics],
+                generated=self.run.num_samples,
             )
             self.scorer.prepare(reference.stats)
         self.reference = reference
@@ -189,6 +199,11 @@ class Evaluator:
         callback, once training has started) any failure of sampling, extraction or a metric gives
         NaN for the keys it affects, with a warning naming the cause, instead of an exception.
         """
+        n = num_samples or self.num_samples
+        if self.conditions is not None and n > len(self.conditions):
+            raise ValueError(
+                f"evaluate(num_samples={n}) but conditions has {len(self.conditions)} entries: one per sample"
+            )
         if self.reference is None:
             self.prepare(module)
         with torch.inference_mode(False), torch.no_grad(), preserved_rng():
@@ -197,7 +212,7 @@ class Evaluator:
                     make_sampler(self.sample_fn, module),
                     module,
                     self.slots,
-                    num_samples=num_samples or self.num_samples,
+                    num_samples=n,
                     batch_size=self.batch_size,
                     seed=self.seed,
                     input_range=self.input_range,
@@ -220,6 +235,11 @@ class Evaluator:
                 warn_rank_zero(f"epoch {epoch}: the generator produced NaN/inf images; logging NaN for {self.keys()}")
                 return self.scorer.nan_values(), fake.grid
             return self.scorer.score(self.reference.stats, fake.stats, strict=strict), fake.grid
+
+    def _dry_run_sizes(self) -> list[int]:
+        """The dry run's batch sizes: one full batch, then every evaluation's last partial batch."""
+        partial = [n % self.batch_size for n in (self.num_samples, self.run.num_samples) if n > self.batch_size]
+        return [self.dry_run_samples, *(p for p in partial if p)]
 
     def _progress(self) -> bool:
         return self.progress and rank_and_world()[0] == 0

@@ -19,6 +19,14 @@ from lightning_fid.extractors.base import Frozen
 #: Inception-v3's unbiased logits (the TF graph's 1008 classes), Inception Score's input
 LOGITS_DIM = 1008
 
+
+def standard_identity(network: str) -> tuple[str, int]:
+    """(name, feature dimension) of a standard network, known without loading its weights."""
+    from lightning_fid.extractors import CLIP, DINOv2, InceptionV3
+
+    return {"inception": (InceptionV3.name, 2048), "clip": (CLIP.name, 768), "dinov2": (DINOv2.name, 1024)}[network]
+
+
 _LOADED: weakref.WeakValueDictionary[tuple[str, str], Frozen] = weakref.WeakValueDictionary()
 
 

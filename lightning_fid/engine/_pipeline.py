@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from lightning_fid.engine._accumulators import FeatureBank, FeatureMoments
 from lightning_fid.engine._distributed import Group, agreed, all_reduce_max, all_reduce_packed, any_rank, rank_and_world
 from lightning_fid.engine._hygiene import full_precision, sampling_precision
-from lightning_fid.engine._images import GENERATED, REAL, InputRange, check_fill, image_grid, to_uint8
+from lightning_fid.engine._images import REAL, InputRange, image_grid, to_uint8
 from lightning_fid.engine._real import RealOptions, RealSource
 from lightning_fid.engine._sampling import Sampler, condition_slice, generate, plan
 from lightning_fid.engine._slots import Slot, extract
@@ -49,6 +49,7 @@ class Accumulator:
 
     slots: list[Slot]
     device: torch.device
+    side: str = "the generated samples"  # for messages: whose features these are
     moments: dict[str, FeatureMoments] = field(default_factory=dict)
     banks: dict[str, FeatureBank] = field(default_factory=dict)
     class_moments: dict[str, list[FeatureMoments]] = field(default_factory=dict)
@@ -71,6 +72,12 @@ class Accumulator:
         computed: dict[int, Any] = {}
         for slot in self.slots:
             feats = extract(slot, images_uint8, computed)
+            if not bool(torch.isfinite(feats).all()):
+                raise ValueError(
+                    f"{slot.info.name} returned NaN/inf features for {self.side} (samples "
+                    f"{int(index.min())}..{int(index.max())}): a collapsed generator's constant images "
+                    "through an L2-normalising encoder give 0/0, for example"
+                )
             if slot.moments:
                 self.moments[slot.name].update(feats)
             if slot.keep_features:
@@ -102,7 +109,8 @@ class Accumulator:
         flat = [t for m in every for t in (m.n, m.sum, m.outer)]
         reduced = all_reduce_packed(flat, group) if flat else []
         out: dict[str, Statistics] = {
-            slot.name: Statistics(metadata={"extractor": slot.info.name}) for slot in self.slots
+            slot.name: Statistics(metadata={"extractor": slot.info.name, "weights_sha256": slot.info.fingerprint})
+            for slot in self.slots
         }
         for i, name in enumerate(names):
             m = FeatureMoments.from_tensors(*reduced[3 * i : 3 * i + 3])
@@ -135,7 +143,7 @@ def extract_real(
 ) -> dict[str, Statistics]:
     """Statistics of the first ``num`` images of ``source``, shared over ranks (a collective call)."""
     rank, world = rank_and_world()
-    acc = Accumulator(slots, device)
+    acc = Accumulator(slots, device, side="the real data")
     n_batches = len(range(rank * options.batch_size, num, world * options.batch_size))
     span = [-math.inf, -math.inf]  # [-min, max] of float images, for the range check
     bar = tqdm(total=n_batches, desc=desc, disable=not (progress and rank == 0), leave=False)
@@ -214,36 +222,3 @@ def sample_and_extract(
             acc.discard()
             return GeneratedSet(None, grid)
         return GeneratedSet(acc.finish(), grid)
-
-
-def dry_run(
-    sampler: Sampler,
-    module: nn.Module,
-    slots: list[Slot],
-    *,
-    num_samples: int,
-    seed: int,
-    input_range: InputRange,
-    device: torch.device,
-    conditions: Sequence[Any] | None = None,
-    sample_autocast: torch.dtype | None = None,
-    range_check: bool = True,
-) -> None:
-    """Run the whole chain once, on this rank only, at ``num_samples`` (use the real batch size, so
-    problems a full batch reveals show up): shapes, ranges, extractors. Nothing is communicated.
-
-    Raises ValueError saying what to change.
-    """
-    try:
-        with sampling_precision(sample_autocast, device):
-            (_, images), *_ = list(generate(sampler, module, plan(num_samples, num_samples), seed, conditions))
-        with full_precision():
-            u8 = to_uint8(images.detach(), input_range, strict=True, source=GENERATED)
-            if range_check and images.dtype != torch.uint8:
-                check_fill(float(images.min()), float(images.max()), input_range, GENERATED)
-    except ValueError as exc:
-        raise ValueError(f"GenerativeMetrics dry run: {exc}") from exc
-    with full_precision():
-        computed: dict[int, Any] = {}
-        for slot in slots:
-            extract(slot, u8.to(device), computed)

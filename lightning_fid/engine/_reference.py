@@ -22,12 +22,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_fid.engine._cache import StatsCache, cache_key, stable_identity
-from lightning_fid.engine._distributed import any_rank, barrier, rank_and_world
+from lightning_fid.engine._distributed import agreed, any_rank, barrier, rank_and_world
+from lightning_fid.engine._identity import data_fingerprint
 from lightning_fid.engine._images import REAL, check_fill
+from lightning_fid.engine._memory import check_memory
 from lightning_fid.engine._pipeline import extract_real
 from lightning_fid.engine._real import RealOptions, RealSource, count_available
 from lightning_fid.engine._slots import Slot
-from lightning_fid.engine._stats import Statistics, load_statistics
+from lightning_fid.engine._stats import Statistics, check_identity, load_statistics
 
 
 @dataclass
@@ -58,6 +60,7 @@ def resolve_reference(
     named: Mapping[str, Callable[[], Any]] | None = None,
     progress: bool = False,
     identity: Any = None,
+    generated: int = 0,
 ) -> Reference:
     """Statistics of the real data for every slot (a collective call: every rank must make it).
 
@@ -71,6 +74,8 @@ def resolve_reference(
         named: named sources, e.g. ``{"train": trainer_train_loader}``, resolved on use.
         progress: show a progress bar on rank 0.
         identity: what else the statistics are for (the metrics' identities): part of the cache key.
+        generated: the most generated samples an evaluation scores: with the real samples, the
+            statistics must fit in memory (checked before anything is read).
 
     Raises:
         ValueError: unreadable or unsuitable data or statistics, naming the file or option.
@@ -79,7 +84,7 @@ def resolve_reference(
     if is_statistics_file(real):
         reference = _from_file(Path(real), slots, device)
     else:
-        reference = _from_data(_resolve_data(real, named), slots, options, device, cache, progress, identity)
+        reference = _from_data(_resolve_data(real, named), slots, options, device, cache, progress, identity, generated)
     check_reference(reference.stats, slots)
     return reference
 
@@ -104,6 +109,8 @@ def _from_file(path: Path, slots: list[Slot], device: torch.device) -> Reference
             f"extractor; these metrics need real images ({[s.info.name for s in slots]})"
         )
     stats = load_statistics(path)
+    info = slots[0].info
+    check_identity(stats, info.name, info.feature_dim, info.fingerprint, str(path))
     return Reference({slots[0].name: stats.to(device)}, key=f"npz:{path.resolve()}")
 
 
@@ -125,10 +132,13 @@ def _from_data(
     cache: StatsCache | None,
     progress: bool,
     identity: Any,
+    generated: int,
 ) -> Reference:
     source = RealSource(data)
-    num = count_available(source, options.num_real, options.image_key, options.transform)
-    key = _key(source, num, slots, options, identity)
+    with agreed("reading the real data", device):  # a rank that cannot read fails every rank
+        num = count_available(source, options.num_real, options.image_key, options.transform)
+    check_memory(slots, generated, num, device)
+    key = _key(source, num, slots, options, identity, device) if cache is not None else None
     if key is None:
         cache = None
         key = f"uncached-{uuid.uuid4().hex}"
@@ -157,8 +167,13 @@ def forget_resolved() -> None:
     _RESOLVED.clear()
 
 
-def _key(source: RealSource, num: int, slots: list[Slot], options: RealOptions, identity: Any) -> str | None:
-    """Everything that determines the statistics, hashed; None when some part has no stable identity."""
+def _key(
+    source: RealSource, num: int, slots: list[Slot], options: RealOptions, identity: Any, device: torch.device
+) -> str | None:
+    """Everything that determines the statistics, hashed exactly (a collective call): the networks and
+    their configuration, how the data is read, the metrics, and a hash of every real image and label as
+    read, or the user's ``reference_id`` instead of that hash. None, with a warning, when some part
+    has no stable identity, so that a stale file can never be served."""
     slot_parts = [
         (
             s.name,
@@ -173,7 +188,7 @@ def _key(source: RealSource, num: int, slots: list[Slot], options: RealOptions, 
         )
         for s in slots
     ]
-    common = dict(
+    parts = dict(
         slots=slot_parts,
         real_input_range=str(options.input_range),
         image_key=options.image_key,
@@ -181,22 +196,31 @@ def _key(source: RealSource, num: int, slots: list[Slot], options: RealOptions, 
         label_key=options.label_key,
         metrics=identity,
     )
-    if options.reference_id is not None:
-        return cache_key(reference_id=options.reference_id, **common)
-    transform = stable_identity(options.transform)
-    collate = stable_identity(source.collate_fn)
-    if transform is None or collate is None:
-        what = "transform" if transform is None else "the loader's collate_fn"
+    network = [f"extractor {s.info.name}'s {s.info.unidentified}" for s in slots if s.info.unidentified]
+    parts["transform"] = stable_identity(options.transform)
+    parts["collate"] = stable_identity(source.collate_fn)
+    reading = [
+        what
+        for what, part in (("transform", parts["transform"]), ("the loader's collate_fn", parts["collate"]))
+        if part is None
+    ]
+    if network or (reading and options.reference_id is None):
         if rank_and_world()[0] == 0:
+            fix = (
+                "store the extractor's options as plain attributes (numbers, strings, tuples)"
+                if network
+                else "pass RealData(reference_id='...') (a name you change whenever the data or its reading changes)"
+            )
             warnings.warn(
-                f"the reference statistics are not cached: {what} has no stable identity (a lambda or closure), so "
-                "a cached file could not be told from a stale one; pass reference_id='...' (a name you change "
-                "whenever the real data or its reading changes) to cache them",
+                f"the reference statistics are not cached: {', '.join(network + reading)} has no stable "
+                f"identity (a lambda, closure or object without a stable repr), so a cached file could not "
+                f"be told from a stale one; {fix} to cache them",
                 stacklevel=4,
             )
         return None
-    data = source.fingerprint(num, options.image_key, options.transform)
-    return cache_key(transform=transform, collate=collate, data=data, **common)
+    if options.reference_id is not None:
+        return cache_key(reference_id=options.reference_id, **parts)
+    return cache_key(data=data_fingerprint(source, num, options, device), **parts)
 
 
 def _load_cached(

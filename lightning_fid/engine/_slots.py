@@ -43,27 +43,40 @@ def make_slot(name: str, module: nn.Module, moments: bool, keep_features: bool, 
     return Slot(name, frozen, describe(frozen), moments, keep_features, standard)
 
 
-def _network(metric: Metric, default_extractor: nn.Module | None, weights: Mapping[str, Any]) -> tuple[nn.Module, bool]:
-    """The network ``metric`` reads and whether it is a standard one."""
+def _outputs(module: nn.Module) -> tuple[str, ...]:
+    """The named outputs a network declares (``outputs``; InceptionV3 with ``logits=True``: features and
+    logits), else its single output, ``"features"``."""
+    inner = module.module if isinstance(module, Frozen) else module
+    return tuple(getattr(inner, "outputs", ("features",)))
+
+
+def _network(
+    metric: Metric, default_extractor: nn.Module | None, weights: Mapping[str, Any]
+) -> tuple[nn.Module, int, bool]:
+    """The network ``metric`` reads, which of its outputs, and whether it is a standard one."""
     needs = metric.needs
-    if metric.extractor is not None:
-        return metric.extractor, False
-    if default_extractor is not None and needs.network == "inception" and needs.output == "features":
-        return default_extractor, False
+    if metric.extractor is not None:  # a single-output network serves any need (a classifier's logits for IS)
+        outputs = _outputs(metric.extractor)
+        return metric.extractor, outputs.index(needs.output) if needs.output in outputs else 0, False
+    if default_extractor is not None and needs.network == "inception" and needs.output in _outputs(default_extractor):
+        return default_extractor, _outputs(default_extractor).index(needs.output), False
     try:
-        return standard_network(needs.network, weights.get(needs.network)), True
+        return standard_network(needs.network, weights.get(needs.network)), OUTPUTS[needs.output], True
     except Exception as exc:
         if default_extractor is not None and needs.network == "inception":
             raise type(exc)(
-                f"{metric!r} reads Inception-v3's {needs.output}, which feature_extractor= does not "
-                f"replace (pass {type(metric).__name__}(extractor=...) to use your own network): {exc}"
+                f"{metric!r} reads Inception-v3's {needs.output}, which feature_extractor= does not provide (pass "
+                f"{type(metric).__name__}(extractor=...) to use your own network, or feature_extractor="
+                f"InceptionV3(weights_path=..., logits=True) for both): {exc}"
             ) from exc
         raise
 
 
 def _slot_name(info: ExtractorInfo, standard: bool, network: str, output: int, taken: set[str]) -> str:
-    base = network if standard else re.sub(r"[^A-Za-z0-9_.-]+", "_", info.name) or "extractor"
-    base += "-logits" if output == OUTPUTS["logits"] else ""
+    if standard:
+        base = network + ("-logits" if output == OUTPUTS["logits"] else "")
+    else:  # the output's own name ("...-logits" for a second output)
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", info.name) or "extractor"
     name, n = base, 1
     while name in taken:
         n += 1
@@ -94,8 +107,7 @@ def build_slots(
     described: dict[int, ExtractorInfo] = {}
     slot_of: list[str] = []
     for metric in metrics:
-        module, standard = _network(metric, default_extractor, weights)
-        output = OUTPUTS[metric.needs.output] if standard else 0
+        module, output, standard = _network(metric, default_extractor, weights)
         frozen = module if isinstance(module, Frozen) else Frozen(module)
         if id(module) not in described:
             described[id(module)] = describe(frozen)

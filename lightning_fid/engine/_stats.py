@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,43 @@ def _float64(x: ArrayLike | None) -> torch.Tensor | None:
     return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float64)
 
 
+def _metadata(arrays: dict[str, np.ndarray], source: str) -> dict[str, Any]:
+    if "metadata" not in arrays:
+        return {}
+    try:
+        metadata = json.loads(str(arrays["metadata"]))
+    except ValueError as exc:
+        raise ValueError(f"{source}: metadata is not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{source}: metadata must be a JSON object, got {type(metadata).__name__}")
+    return metadata
+
+
+def _classes(arrays: dict[str, np.ndarray], source: str) -> dict[int, Statistics]:
+    """Per-class statistics from ``class_n`` / ``class_mu`` / ``class_sigma``, checked."""
+    if not any(k in arrays for k in ("class_n", "class_mu", "class_sigma")):
+        return {}
+    if not all(k in arrays for k in ("class_n", "class_mu", "class_sigma")):
+        raise ValueError(f"{source}: per-class statistics need class_n, class_mu and class_sigma together")
+    counts, mu, sigma = arrays["class_n"], arrays["class_mu"], arrays["class_sigma"]
+    c = counts.shape[0] if counts.ndim == 1 else -1
+    if c < 0 or mu.ndim != 2 or mu.shape[0] != c or sigma.shape != (c, mu.shape[1], mu.shape[1]):
+        raise ValueError(
+            f"{source}: class_n {counts.shape}, class_mu {mu.shape} and class_sigma {sigma.shape} do not "
+            "fit (C,), (C, d), (C, d, d)"
+        )
+    out = {}
+    for i in range(c):
+        count = _count(counts[i], f"{source} class_n[{i}]")
+        out[i] = Statistics(mu[i] if count >= 2 else None, sigma[i] if count >= 2 else None, count)
+    return out
+
+
 def _count(value: np.ndarray, source: str) -> int:
-    if value.shape != () or value.dtype.kind not in "iuf" or float(value) != int(value):
-        raise ValueError(f"{source}: n must be one integer sample count, got {value!r}")
+    value = np.asarray(value)
+    ok = value.shape == () and value.dtype.kind in "iuf" and np.isfinite(value) and float(value) == int(value)
+    if not ok or int(value) < 0:
+        raise ValueError(f"{source}: n must be one non-negative integer sample count, got {value!r}")
     return int(value)
 
 
@@ -106,18 +141,19 @@ class Statistics:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], source: str = "statistics") -> Statistics:
-        """Inverse of :meth:`to_arrays`; ``source`` names the file in errors."""
-        for name in ("mu", "sigma", "features"):
+        """Inverse of :meth:`to_arrays`; ``source`` names the file in errors.
+
+        Raises:
+            ValueError: any array of the wrong kind or shape, naming the file and the array.
+        """
+        for name in ("mu", "sigma", "features", "class_n", "class_mu", "class_sigma"):
             if name in arrays and arrays[name].dtype.kind not in "iuf":
                 raise ValueError(f"{source}: {name} must hold real numbers, got dtype {arrays[name].dtype}")
+        if "features" in arrays and arrays["features"].ndim != 2:
+            raise ValueError(f"{source}: features must be 2-D (samples, dim), got shape {arrays['features'].shape}")
         n = _count(arrays["n"], source) if "n" in arrays else None
-        metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else {}
-        stats = cls(arrays.get("mu"), arrays.get("sigma"), n, arrays.get("features"), metadata)
-        for c, count in enumerate(arrays.get("class_n", [])):
-            moments = int(count) >= 2
-            stats.classes[c] = cls(
-                arrays["class_mu"][c] if moments else None, arrays["class_sigma"][c] if moments else None, int(count)
-            )
+        stats = cls(arrays.get("mu"), arrays.get("sigma"), n, arrays.get("features"), _metadata(arrays, source))
+        stats.classes = _classes(arrays, source)
         if stats.has_moments and (stats.mu.ndim != 1 or stats.sigma.shape != (stats.dim, stats.dim)):
             raise ValueError(
                 f"{source}: mu has shape {tuple(stats.mu.shape)} and sigma {tuple(stats.sigma.shape)}; "
@@ -170,3 +206,39 @@ def validate_statistics(stats: Statistics, source: str) -> None:
             check_psd_eigenvalues(torch.linalg.eigvalsh(symmetric), "sigma")
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
+
+
+def check_identity(stats: Statistics, extractor: str, dim: int, fingerprint: str | None, source: str) -> None:
+    """Refuse statistics made by another network than the one scored against them.
+
+    Statistics files we write record the extractor's name (preprocessing included) and its weights'
+    hash; when they disagree with ``extractor`` / ``fingerprint``, or the dimension differs, the
+    numbers would not be comparable, so this raises. A file that records nothing (pytorch-fid's,
+    EDM's) cannot be checked beyond its dimension: a warning says so.
+
+    Raises:
+        ValueError: naming the file, what it records and what this run computes.
+    """
+    if stats.dim != dim:
+        raise ValueError(
+            f"{source} holds {stats.dim}-d statistics but {extractor} gives {dim}-d features: it was "
+            "computed with another network"
+        )
+    recorded = stats.metadata.get("extractor")
+    if recorded is not None and recorded != extractor:
+        raise ValueError(
+            f"{source} holds statistics of {recorded} features, but this run computes {extractor}'s: "
+            "they are not comparable; compute the reference with the same network and preprocessing"
+        )
+    weights = stats.metadata.get("weights_sha256")
+    if weights is not None and fingerprint is not None and weights != fingerprint:
+        raise ValueError(
+            f"{source} was computed with other {extractor} weights (sha256 {str(weights)[:12]}...) than "
+            f"this run's ({fingerprint[:12]}...); recompute it with the same weights"
+        )
+    if recorded is None:
+        warnings.warn(
+            f"{source} does not record which network computed it: make sure it holds {extractor} "
+            f"statistics (same network, weights and preprocessing), or the value is not comparable",
+            stacklevel=3,
+        )

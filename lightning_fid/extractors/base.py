@@ -41,7 +41,8 @@ class ExtractorInfo:
     feature_dim: int
     input_range: InputRange
     fingerprint: str  # hash of weights (or of the published file) for cache keys
-    config: str = ""  # hash of the module's configuration (its repr: layers, sizes, options)
+    config: str = ""  # hash of the module's configuration: layers, sizes and every option attribute
+    unidentified: str = ""  # an option attribute without a stable identity ("": none)
 
 
 class AlwaysEval(nn.Module):
@@ -60,17 +61,34 @@ class AlwaysEval(nn.Module):
 
 
 class Frozen(AlwaysEval):
-    """Runs ``module`` in eval mode without gradients. The callback also keeps extractors out of the
-    LightningModule (so they are not in its state_dict); this wrapper keeps them frozen anyway."""
+    """Runs ``module`` in eval mode without gradients, however it is reached.
+
+    ``.train()`` on the wrapper cannot switch it back (:class:`AlwaysEval`). The module itself may
+    also be reachable another way, e.g. as an attribute of the LightningModule, whose ``.train()``
+    Lightning calls every epoch: so every forward pass puts each submodule in eval mode for its
+    duration (no BatchNorm statistics update, no dropout) and restores the modes it found, which
+    the user's own training of a shared encoder may need.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
-        self.module = module
-        module.eval().requires_grad_(False)
+        self.module = module  # its modes and requires_grad flags are left as they are: a user may train it
+
+    def train(self, mode: bool = True) -> Frozen:
+        """Stays in eval mode, and leaves the wrapped module's own mode alone (see the class docstring)."""
+        self.training = False
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.module(images)
+        modes = [(m, m.training) for m in self.module.modules()]
+        try:
+            for m, _ in modes:
+                m.training = False
+            with torch.no_grad():
+                return self.module(images)
+        finally:
+            for m, mode in modes:
+                m.training = mode
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -97,8 +115,52 @@ def describe(module: nn.Module, probe_size: int = 32) -> ExtractorInfo:
         probe = torch.zeros(2, 3, probe_size, probe_size, dtype=torch.uint8, device=device)
         out = run_extractor(module, probe, input_range)
         dim = out.shape[1]
-    config = hashlib.sha256(repr(inner).encode()).hexdigest()[:16]
-    return ExtractorInfo(str(name), int(dim), input_range, weights_fingerprint(inner), config)
+    config, unidentified = module_config(inner)
+    return ExtractorInfo(str(name), int(dim), input_range, weights_fingerprint(inner), config, unidentified)
+
+
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))  # _parameters, _buffers, _modules, hooks, training, ...
+_PLAIN = (bool, int, float, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+
+
+def _attribute_identity(value: Any) -> str | None:
+    """A stable description of one attribute value, or None when there is none."""
+    from lightning_fid.engine._cache import stable_identity
+
+    if isinstance(value, _PLAIN):
+        return repr(value)
+    if isinstance(value, (tuple, list, frozenset, set)):
+        parts = [
+            _attribute_identity(v) for v in (sorted(value, key=repr) if isinstance(value, (set, frozenset)) else value)
+        ]
+        return None if None in parts else f"{type(value).__name__}({', '.join(parts)})"  # type: ignore[arg-type]
+    if isinstance(value, dict):
+        items = sorted(value.items(), key=lambda kv: repr(kv[0]))
+        parts = [_attribute_identity(v) for _, v in items]
+        return None if None in parts else "{" + ", ".join(f"{k!r}: {p}" for (k, _), p in zip(items, parts)) + "}"
+    if isinstance(value, torch.Tensor):  # a tensor attribute that is neither a parameter nor a buffer
+        return hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest() + str(value.dtype)
+    return stable_identity(value)
+
+
+def module_config(module: nn.Module) -> tuple[str, str]:
+    """(hash of the configuration, the first attribute without a stable identity or "") of ``module``.
+
+    The configuration is every submodule's class and every attribute it keeps besides parameters,
+    buffers and child modules: two parameter-free extractors that differ by a constructor argument
+    (``mode="max"`` / ``"avg"``) differ here, where their ``repr`` may not.
+    """
+    digest = hashlib.sha256(repr(module).encode())
+    for path, sub in module.named_modules():
+        digest.update(f"{path}:{type(sub).__module__}.{type(sub).__qualname__}".encode())
+        for attr, value in sorted(vars(sub).items()):
+            if attr in _MODULE_INTERNALS:
+                continue
+            text = _attribute_identity(value)
+            if text is None:
+                return digest.hexdigest()[:16], f"attribute {(path + '.' if path else '') + attr}"
+            digest.update(f"{attr}={text}".encode())
+    return digest.hexdigest()[:16], ""
 
 
 def run_extractor(

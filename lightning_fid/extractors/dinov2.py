@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lightning_fid.extractors.base import AlwaysEval
 from lightning_fid.extractors.inception import load_state_dict_file
 from lightning_fid.extractors.resize import pil_bicubic_resize
-from lightning_fid.extractors.weights import DINOV2_WEIGHTS, WeightsError, resolve_verified
+from lightning_fid.extractors.weights import DINOV2_WEIGHTS, WeightsError, pin_first_use, resolve_verified
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
@@ -116,7 +116,8 @@ class DINOv2(AlwaysEval):
     def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
         path, self.weights_sha256 = resolve_verified(DINOV2_WEIGHTS, weights_path)
-        self.model = build_vit(load_state_dict_file(path))
+        self.model = build_vit(load_state_dict_file(path))  # its keys and shapes verify the file
+        pin_first_use(DINOV2_WEIGHTS, path, self.weights_sha256)
         self.feature_dim = int(self.model.num_features)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

@@ -127,6 +127,7 @@ class InceptionV3(AlwaysEval):
         if preprocess != "tf" and logits:
             raise ValueError("Inception Score logits are defined on the TF preprocessing: use preprocess='tf'")
         self.logits = logits
+        self.outputs = ("features", "logits") if logits else ("features",)  # what forward returns, in order
         self.preprocess = preprocess
         if preprocess != "tf":
             self.name = f"{type(self).name}-{preprocess}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ DOWNLOAD_TIMEOUT_S = 15
 
 @dataclass(frozen=True)
 class WeightsSpec:
-    """A published weights file: its short name (for the CLI), URL, file name and SHA-256."""
+    """A published weights file: its short name (for the CLI), URL, file name, and SHA-256 (None when
+    its publisher gives none: then its size is checked and the first accepted copy's hash is pinned)."""
 
     name: str
     url: str
     filename: str
-    sha256: str
+    sha256: str | None
+    size: int | None = None
 
 
 INCEPTION_WEIGHTS = WeightsSpec(
@@ -51,18 +54,17 @@ CLIP_WEIGHTS = WeightsSpec(
     sha256="3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
 )
 
-# PLACEHOLDER, NOT A HASH: the published SHA-256 of dinov2_vitl14_pretrain.pth could not be found from
-# this workplace (Meta publishes none; the file name carries none). Until it is filled in with the value
-# of `sha256sum dinov2_vitl14_pretrain.pth` on a verified download, downloads and cached copies are
-# refused (the error prints the file's actual hash) and an explicit weights_path= works with a warning.
-DINOV2_SHA256 = "UNKNOWN-fill-in-the-sha256-of-dinov2_vitl14_pretrain.pth"
-
+# Meta publishes no SHA-256 for dinov2_vitl14_pretrain.pth (nor do its hub code, edm2, dgm-eval or
+# torch-fidelity pin one). What can be verified is: its size (1,217,586,395 bytes in public records),
+# its state dict's keys and shapes (loading it into the ViT-L/14), and, after that, that it never
+# changes: the SHA-256 of the first copy accepted into the cache is pinned next to it (trust on first use).
 DINOV2_WEIGHTS = WeightsSpec(
     name="dinov2",
     # Meta's DINOv2 ViT-L/14 backbone (LVD-142M), the file torch.hub's dinov2_vitl14 loads (1.2 GB).
     url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth",
     filename="dinov2_vitl14_pretrain.pth",
-    sha256=DINOV2_SHA256,
+    sha256=None,
+    size=1_217_586_395,
 )
 
 PUBLISHED = {spec.name: spec for spec in (INCEPTION_WEIGHTS, CLIP_WEIGHTS, DINOV2_WEIGHTS)}
@@ -113,34 +115,82 @@ def download(spec: WeightsSpec, directory: Path | None = None) -> Path:
         except Exception as exc:  # offline, DNS, HTTP errors, timeouts
             raise WeightsError(_offline_message(spec, dest, exc)) from exc
         got = sha256_of(tmp)
-        if got != spec.sha256:
+        problem = _mismatch(spec, tmp, got)
+        if problem:
             raise WeightsError(
-                f"downloaded {spec.url} but its SHA-256 is {got}, not the published {spec.sha256}; "
-                "the file was discarded. Retry, or fetch it by hand and pass weights_path=."
+                f"downloaded {spec.url} but {problem}; the file was discarded. Retry, or fetch it by hand."
             )
     return dest
 
 
+def pin_file(spec: WeightsSpec) -> Path:
+    """Where the SHA-256 of the first accepted copy of weights without a published hash is pinned."""
+    return cache_dir() / f"{spec.filename}.sha256"
+
+
+def _mismatch(spec: WeightsSpec, path: Path, got: str) -> str:
+    """Why ``path`` (SHA-256 ``got``) is not the published file, or "" when it is (as far as can be told)."""
+    if spec.sha256 is not None:
+        return "" if got == spec.sha256 else f"its SHA-256 is {got}, not the published {spec.sha256}"
+    size = path.stat().st_size
+    if spec.size is not None and size != spec.size:
+        return f"it has {size} bytes, not the {spec.size} of the published {spec.filename}"
+    pin = pin_file(spec)
+    pinned = pin.read_text().strip() if pin.is_file() else None
+    if pinned is not None and pinned != got:
+        return (
+            f"its SHA-256 {got} differs from {pinned}, pinned in {pin} when the first copy was accepted "
+            "(delete that file if you replaced the weights on purpose)"
+        )
+    return ""
+
+
+def pin_first_use(spec: WeightsSpec, path: Path, sha256: str) -> None:
+    """After weights without a published hash loaded correctly from the cache: pin their SHA-256 there,
+    once (rank 0), and say so. Later copies must match it."""
+    pin = pin_file(spec)
+    if spec.sha256 is not None or pin.is_file() or path.resolve().parent != cache_dir().resolve():
+        return
+    if rank_and_world()[0] == 0:
+        with atomic_write(pin, suffix=".tmp") as tmp:
+            tmp.write_text(sha256 + "\n")
+        print(
+            f"lightning_fid: {spec.filename} has no published SHA-256; pinned this copy's ({sha256}) in {pin}: "
+            "later copies must match it",
+            file=sys.stderr,
+        )
+
+
+#: how to hand each network a file by hand, in Python and in the CLI
+EXPLICIT = {
+    "inception": "GenerativeMetrics(feature_extractor=InceptionV3(weights_path=..., logits=True)) in Python, "
+    "--inception-weights FILE in the CLI",
+    "clip": "CMMD(extractor=CLIP(weights_path=...)) in Python, --clip-weights FILE in the CLI",
+    "dinov2": "FDDINOv2(extractor=DINOv2(weights_path=...)) in Python, --dinov2-weights FILE in the CLI",
+}
+
+
 def _offline_message(spec: WeightsSpec, dest: Path, exc: BaseException) -> str:
+    explicit = EXPLICIT.get(spec.name, "weights_path=... in Python")
     return (
         f"cannot download the {spec.name} weights ({type(exc).__name__}: {exc}).\n"
         f"  URL:         {spec.url}\n"
         f"  destination: {dest}\n"
         f"On a machine with internet access run:\n"
         f"  {prefetch_command(spec)} --dir {dest.parent}\n"
-        f"(or: curl -L -o {dest} {spec.url}), then copy the file there, set LIGHTNING_FID_HOME to its "
-        f"folder, or pass weights_path= explicitly."
+        f"(or: curl -L -o {dest} {spec.url}), then copy the file there or set LIGHTNING_FID_HOME to its "
+        f"folder; or give the file by hand: {explicit}."
     )
 
 
 def _resolve_local(spec: WeightsSpec, allow_download: bool) -> Path:
     cached = cache_dir() / spec.filename
     if cached.is_file():
-        got = sha256_of(cached)
-        if got != spec.sha256:
+        problem = _mismatch(spec, cached, sha256_of(cached))
+        if problem:
             raise WeightsError(
-                f"refusing cached weights {cached}: SHA-256 {got} differs from the published {spec.sha256} "
-                f"(corrupt or partial download?). Delete it and run `{prefetch_command(spec)}`."
+                f"refusing cached weights {cached}: {problem} (corrupt or partial download?). Delete it and run "
+                f"`{prefetch_command(spec)}`."
             )
         return cached
     if not allow_download:
@@ -164,15 +214,17 @@ def resolve_verified(spec: WeightsSpec, weights_path: str | os.PathLike | None =
             got = sha256_of(path)
         except OSError as exc:
             raise WeightsError(f"cannot read weights_path {path}: {exc}") from exc
-        if got != spec.sha256:
+        problem = _mismatch(spec, path, got)
+        if problem:
             warnings.warn(
-                f"{path} is not the published {spec.name} weights (SHA-256 {got[:12]}..., published "
-                f"{spec.sha256[:12]}...): values will not be comparable with papers.",
+                f"{path} is not the published {spec.name} weights ({problem}): values will not be comparable "
+                "with papers.",
                 stacklevel=3,
             )
         return path, got
     if not is_distributed():
-        return _resolve_local(spec, allow_download=True), spec.sha256
+        path = _resolve_local(spec, allow_download=True)
+        return path, spec.sha256 or sha256_of(path)
     # Rank 0 downloads if needed; the others wait and learn of its failure instead of hanging.
     error = None
     if rank_and_world()[0] == 0:
@@ -183,7 +235,8 @@ def resolve_verified(spec: WeightsSpec, weights_path: str | os.PathLike | None =
     error = broadcast_error(error)
     if error is not None:
         raise WeightsError(f"rank 0 could not provide the {spec.name} weights: {error}")
-    return _resolve_local(spec, allow_download=False), spec.sha256
+    path = _resolve_local(spec, allow_download=False)
+    return path, spec.sha256 or sha256_of(path)
 
 
 def resolve_weights(spec: WeightsSpec, weights_path: str | os.PathLike | None = None) -> Path:

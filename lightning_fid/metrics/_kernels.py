@@ -70,8 +70,10 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 def _block_sums(kernel: Kernel, x: Any, y: Any, same: bool, xp: ModuleType) -> tuple[Any, Any]:
     """(sum of k(x_i, y_j), sum of the diagonal if ``same``) for one pair of row blocks. A float32
-    block whose kernel values overflow is recomputed in float64, never summed to inf."""
-    total, diagonal = _block_sums_in(kernel, x, y, same, xp)
+    block whose kernel values overflow is recomputed in float64, never summed to inf (numpy's
+    overflow warnings for that first try are expected, so they are silenced)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total, diagonal = _block_sums_in(kernel, x, y, same, xp)
     if not bool(xp.isfinite(xp.asarray(total))) and x.dtype != xp.float64:
         total, diagonal = _block_sums_in(
             kernel,

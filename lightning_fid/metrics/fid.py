@@ -134,11 +134,26 @@ def frechet_distance(
     value = float(fid)
     if value != value:  # NaN cannot come from finite inputs, but never return one silently
         raise FloatingPointError("FID evaluated to NaN from finite statistics; please report this as a bug")
-    if value < 0:  # equal distributions: a difference of equal large numbers, rounded
-        if value < -1e-9 * max(1.0, float(traces)):
-            raise FloatingPointError(f"FID evaluated to {value:.3g} < 0 beyond rounding; please report this as a bug")
-        value = 0.0
-    return value
+    bound = rounding_bound(eig, float(traces))
+    if value < -bound:  # FID is a squared distance: below 0 beyond rounding is a bug, never a number
+        raise FloatingPointError(f"FID evaluated to {value:.3g} < 0 beyond rounding; please report this as a bug")
+    # Equal distributions give a difference of equal large numbers: within rounding of 0, it is 0.
+    return 0.0 if abs(value) <= bound else value
+
+
+def rounding_bound(eigenvalues: torch.Tensor, traces: float) -> float:
+    """How far below 0 rounding alone can push the FID of two equal distributions.
+
+    ``eigvalsh`` finds each eigenvalue of F^T S2 F to within delta = d * eps * ||F^T S2 F|| (backward
+    stable), so each square root is off by at most min(sqrt(delta), delta / (2 sqrt(lambda))): the
+    first term dominates for the zero eigenvalues of a singular covariance (N <= d), where a tiny
+    rounding error in lambda becomes its square root. Twice their sum, plus the rounding of the traces.
+    """
+    eps = torch.finfo(eigenvalues.dtype).eps
+    lam = eigenvalues.clamp(min=0)
+    delta = eigenvalues.numel() * eps * max(float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0, 1e-300)
+    per_root = torch.minimum(torch.full_like(lam, delta**0.5), delta / (2 * lam.sqrt().clamp(min=1e-300)))
+    return 2 * float(per_root.sum()) + 1e-9 * max(1.0, traces)
 
 
 def warn_if_rank_deficient(n: int, dim: int, what: str = "features") -> None:
@@ -176,6 +191,7 @@ class FID(Metric):
         context.state["factor"] = reference_factor(real.sigma)
 
     def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float]:
-        warn_if_rank_deficient(fake.n or 0, fake.dim, "generated samples")
+        if fake.n is not None:  # a statistics file may not record its count
+            warn_if_rank_deficient(fake.n, fake.dim, "generated samples")
         factor = context.state.get("factor")
         return {self.key: frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma, sigma1_sqrt=factor)}

@@ -86,10 +86,10 @@ class InceptionScore(Metric):
         return (self.key, self.key + "_std")
 
     def check_run(self, run: RunInfo) -> None:
-        if self.splits > run.smallest:
+        if 2 * self.splits > run.smallest:  # a split of one sample scores exactly 1.0 whatever the images
             raise ValueError(
-                f"InceptionScore(splits={self.splits}) needs at least one sample per split, but num_samples="
-                f"{run.smallest}: raise num_samples or lower splits"
+                f"InceptionScore(splits={self.splits}) needs at least 2 samples per split, but num_samples="
+                f"{run.smallest}: raise num_samples or lower splits (the CLI: --is-splits)"
             )
 
     def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float]:
