@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -171,9 +172,24 @@ class DigitsGAN(pl.LightningModule):
 BALL_METRICS = ("precision", "recall", "density", "coverage")
 
 
+class PrintEvaluations(pl.Callback):
+    """Print each evaluation as it happens (GenerativeMetrics records it before this runs)."""
+
+    def __init__(self, metrics: GenerativeMetrics, columns: tuple[str, ...]) -> None:
+        self.metrics, self.columns, self.printed = metrics, columns, 0
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for row in self.metrics.history[self.printed :]:
+            if self.printed == 0:
+                print(f"\n{'epoch':>5} " + " ".join(f"{c:>9}" for c in self.columns) + f" {'eval s':>7}")
+            values = " ".join(f"{row[c]:>9.4f}" for c in self.columns)
+            print(f"{row['epoch']:>5} {values} {row['eval_seconds']:>7.2f}", flush=True)
+            self.printed += 1
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fast", action="store_true", help="a short run (about a minute), for tests")
+    parser.add_argument("--fast", action="store_true", help="a shorter run (a few seconds), for tests")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--out", default="runs/digits_gan", help="logs, checkpoints and the cached encoder")
     parser.add_argument(
@@ -208,25 +224,28 @@ def main(argv: list[str] | None = None) -> dict:
     )
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", monitor="fid", mode="min", filename="{epoch}-{fid:.3f}")
     stopper = EarlyStopping(monitor="fid", mode="min", patience=6)
+    mmd_key = "cmmd" if args.standard_extractors else "mmd"
+    columns = ("fid", "kid", mmd_key, "precision", "recall", "density", "coverage")
     logger = TensorBoardLogger(out, name="tensorboard")
     trainer = pl.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
         devices=1,
         logger=logger,
-        callbacks=[metrics, stopper, checkpoint],
+        callbacks=[metrics, PrintEvaluations(metrics, columns), stopper, checkpoint],
         log_every_n_steps=10,
         enable_model_summary=False,
+        enable_progress_bar=False,
     )
+    started = time.perf_counter()
     trainer.fit(DigitsGAN(), loader)
-
-    mmd_key = "cmmd" if args.standard_extractors else "mmd"
-    columns = ("fid", "kid", mmd_key, "precision", "recall", "density", "coverage")
-    header = " ".join(f"{c:>9}" for c in columns)
-    print(f"\n{'epoch':>5} {header} {'eval s':>7}")
-    for row in metrics.history:
-        print(f"{row['epoch']:>5} " + " ".join(f"{row[c]:>9.4f}" for c in columns) + f" {row['eval_seconds']:>7.2f}")
+    minutes = (time.perf_counter() - started) / 60
+    if stopper.stopped_epoch:
+        print(
+            f"\nstopped early at epoch {stopper.stopped_epoch}: FID did not improve for {stopper.patience} evaluations"
+        )
     first, best = metrics.history[0]["fid"], min(r["fid"] for r in metrics.history)
+    print(f"training and evaluation took {minutes:.1f} min")
     print(f"\nFID: first evaluation {first:.4f} -> best {best:.4f} ({100 * (1 - best / first):.0f}% lower)")
     print(f"TensorBoard logs: {logger.log_dir}   (tensorboard --logdir {out})")
     print(f"best checkpoint:  {checkpoint.best_model_path}")

@@ -20,7 +20,7 @@ from lightning_fid.engine._real import RealOptions
 from lightning_fid.engine._reference import is_statistics_file
 from lightning_fid.engine._scoring import Scorer
 from lightning_fid.engine._slots import standard_slot_name
-from lightning_fid.engine._stats import Statistics, check_identity, load_statistics
+from lightning_fid.engine._stats import Statistics, check_identity, identity_metadata, load_statistics
 from lightning_fid.extractors.weights import PUBLISHED, WeightsError, cache_dir, download, sha256_of
 from lightning_fid.metrics.base import Metric, RunInfo
 from lightning_fid.metrics.catalog import METRICS
@@ -74,7 +74,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
         keep_features=False,
     )
     stats = _folder_stats(args.source, [slot], args)[slot.name]
-    stats.metadata = {"extractor": slot.info.name, "weights_sha256": slot.info.fingerprint, "source": str(args.source)}
+    stats.metadata = {**identity_metadata(slot.info), "source": str(args.source)}
     stats.save(args.output)
     print(f"wrote {args.output}: {stats.n} images, {stats.dim}-d {slot.info.name} features")
     return 0
@@ -121,6 +121,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     for path in (args.a, args.b):  # paths first: no weights are loaded for a typo
         if not is_statistics_file(path) and not Path(path).is_dir():
             raise ValueError(f"{path} is neither an image folder nor an .npz statistics file")
+        if is_statistics_file(path) and args.num is not None:
+            raise ValueError(f"--num {args.num} selects images of a folder, but {path} holds statistics already")
     built: list = []
 
     def slots() -> list:  # built once, only if a folder needs extracting
@@ -135,7 +137,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"mismatched statistics: {args.a} has {a[name].dim}-d features, {args.b} has {b[name].dim}-d"
             )
-        for field in ("extractor", "weights_sha256"):
+        for field in ("extractor", "weights_sha256", "extractor_config"):
             left, right = a[name].metadata.get(field), b[name].metadata.get(field)
             if left is not None and right is not None and left != right:
                 raise ValueError(

@@ -1,6 +1,6 @@
 """One harness drives every metric through every path of a real Trainer.
 
-For each registered metric name and the README's user-metric example, and for each path:
+For each registered metric name and the user-metric example of docs/architecture.md, and for each path:
 
 - ``reference``: the logged history equals the metric's functional form on the same features, and the
   declared keys reach the logger, each exactly once per evaluation;
@@ -72,11 +72,11 @@ class TinyLogits(TinyFeatures):
 
 
 def readme_user_metric() -> type[Metric]:
-    """The user-metric example of README.md, executed as written (its definition, up to its use)."""
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+    """The user-metric example of docs/architecture.md, executed as written (its definition, up to its use)."""
+    text = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "class VendiScore" in b)
     scope: dict[str, Any] = {"__name__": __name__}
-    exec(compile(block.split("# --- use it")[0], "README.md", "exec"), scope)
+    exec(compile(block.split("# --- use it")[0], "docs/architecture.md", "exec"), scope)
     cls = scope["VendiScore"]
     cls.__qualname__ = "VendiScore"  # importable from this module, so ddp_spawn can pickle it
     return cls
@@ -199,7 +199,7 @@ CASES: dict[str, Case] = {
         lambda r, f: {"intra_fid": sum(_per_class(r, f).values()) / CLASSES},
         per_class=True,
     ),
-    "user: README VendiScore": Case(lambda: VendiScore(), lambda: VendiScore(key="vendi2"), TinyFeatures, _vendi),
+    "user: docs VendiScore": Case(lambda: VendiScore(), lambda: VendiScore(key="vendi2"), TinyFeatures, _vendi),
 }
 
 

@@ -102,9 +102,11 @@ def test_memory_budget_is_stated_and_enforced():
         check_class_memory(1000, 2048)
 
 
-def test_a_class_without_generated_samples_gives_nan_with_a_warning(tmp_path):
+def test_a_class_without_generated_samples_is_refused_or_gives_nan_with_a_warning(tmp_path):
     labels = torch.cat([torch.zeros(29, dtype=torch.long), torch.tensor([2])])  # class 1 never generated
-    cb = per_class_callback(tmp_path, conditions=labels)
+    with pytest.raises(ValueError, match=r"classes \[1, 2\] get fewer than 2 of the 30 generated samples"):
+        per_class_callback(tmp_path, conditions=labels)  # knowable before training
+    cb = per_class_callback(tmp_path)
     with pytest.warns(UserWarning, match=r"intra-FID is NaN: classes \[1, 2\]"):
-        values, _ = cb.evaluate(TinyGAN())
+        values, _ = cb.evaluate(TinyGAN(), 4)  # labels 0, 1, 2, 0: one sample of classes 1 and 2
     assert math.isnan(values["intra_fid"]) and math.isnan(values["fid/class_1"]) and values["fid/class_0"] > 0

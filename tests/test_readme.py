@@ -1,4 +1,5 @@
-"""README.md stays true: its two commands are what CI runs, and every Python block executes."""
+"""README.md and docs/ stay true: README's two commands are what CI runs, and every Python block of
+README and of every docs page executes."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from helpers.weights import write_random_inception
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def test_top_block_has_exactly_the_two_commands_and_ci_runs_the_second():
@@ -45,19 +47,30 @@ def published_inception(tmp_path, monkeypatch):
     monkeypatch.setenv("LIGHTNING_FID_HOME", str(home))
 
 
-PYTHON_BLOCKS = [body for lang, body in BLOCKS if lang == "python"]
+PYTHON_BLOCKS = [
+    (f"{page.relative_to(ROOT)} block {i}", body)
+    for page in PAGES
+    for i, body in enumerate(
+        b for lang, b in re.findall(r"```(\w+)\n(.*?)```", page.read_text(), flags=re.S) if lang == "python"
+    )
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
-def test_python_block_runs(index, tmp_path, monkeypatch, published_inception):
+@pytest.mark.parametrize("name, code", PYTHON_BLOCKS, ids=[name for name, _ in PYTHON_BLOCKS])
+def test_python_block_runs(name, code, tmp_path, monkeypatch, published_inception):
     monkeypatch.chdir(tmp_path)
-    namespace = {"__name__": f"readme_block_{index}"}
-    exec(compile(PYTHON_BLOCKS[index], f"README.md python block {index}", "exec"), namespace)
+    exec(compile(code, name, "exec"), {"__name__": name.replace(" ", "_")})
 
 
-def test_readme_has_python_blocks_for_the_main_features():
-    assert len(PYTHON_BLOCKS) >= 3
-    joined = "\n".join(PYTHON_BLOCKS)
+def test_docs_have_python_blocks_for_the_main_features():
+    assert len(PYTHON_BLOCKS) >= 6 and any(name.startswith("README.md") for name, _ in PYTHON_BLOCKS)
+    joined = "\n".join(code for _, code in PYTHON_BLOCKS)
     for name in ("GenerativeMetrics", "frechet_distance", "kid(", "cmmd(", "feature_dim"):
         assert name in joined
+
+
+def test_readme_is_a_front_page_and_links_only_to_pages_that_exist():
+    assert len(README.splitlines()) <= 260
+    for link in re.findall(r"\]\((docs/[^)#]+)\)", README):
+        assert (ROOT / link).is_file(), link

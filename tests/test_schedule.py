@@ -117,12 +117,13 @@ def test_validate_always_evaluates_and_test_logs_test_keys(tmp_path):
     model = WithTest()
     trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path))
     (validated,) = trainer.validate(model, loaders()[1], verbose=False)
-    assert validated["fid"] == pytest.approx(cb.history[0]["fid"], rel=1e-6)
+    assert validated["validate/fid"] == pytest.approx(cb.evaluate(model)[0]["fid"], rel=1e-6)
+    assert cb.history == []  # its own keys, not a row of the training history
     (tested,) = trainer.test(model, loaders()[1], verbose=False)
     assert set(tested) >= {"test/fid", "test/kid", "test/kid_std"}
     direct, _ = cb.evaluate(model, 30)
     assert tested["test/fid"] == pytest.approx(direct["fid"], rel=1e-6)  # final_num_samples, not num_samples
-    assert tested["test/fid"] != pytest.approx(validated["fid"], rel=1e-6)
+    assert tested["test/fid"] != pytest.approx(validated["validate/fid"], rel=1e-6)
 
 
 def test_evaluate_outside_fit_prepares_on_first_use(tmp_path):
@@ -132,7 +133,7 @@ def test_evaluate_outside_fit_prepares_on_first_use(tmp_path):
     trainer = pl.Trainer(callbacks=[make_callback(tmp_path, metrics=standard_metrics())], **trainer_kwargs(tmp_path))
     (validated,) = trainer.validate(model, loaders()[1], verbose=False)
     for key in ("fid", "kid", "cmmd"):
-        assert values[key] == pytest.approx(validated[key], rel=1e-6), key
+        assert values[key] == pytest.approx(validated["validate/" + key], rel=1e-6), key
     assert grid is not None and grid.dtype == torch.uint8
 
 

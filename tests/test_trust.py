@@ -29,7 +29,7 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_fid import RealData, resolve_reference
+from lightning_fid import FreshEarlyStopping, RealData, resolve_reference
 from lightning_fid.engine import Statistics, StatsCache, build_slots
 from lightning_fid.engine._real import RealOptions
 from lightning_fid.engine._reference import forget_resolved
@@ -403,13 +403,8 @@ def test_a_metric_that_raises_during_training_is_nan_and_the_others_still_log(tm
     assert all(math.isfinite(e["fid"]) for e in cb.history)
 
 
-def test_an_unwritable_history_folder_warns_and_keeps_the_history(tmp_path, monkeypatch):
-    import tempfile
-
-    blocked = tmp_path / "tmp"
-    blocked.mkdir()
-    (blocked / f"lightning_fid-{os.getuid()}").write_text("another user's file where our folder would be")
-    monkeypatch.setattr(tempfile, "tempdir", str(blocked))
+def test_an_unwritable_history_file_warns_and_keeps_the_history(tmp_path):
+    (tmp_path / "lightning_fid_history.json").mkdir()  # a folder where the file should go
     with pytest.warns(UserWarning, match="cannot write the evaluation history"):
         cb = _fit(tmp_path, metrics=("fid",))
     assert len(cb.history) == 2
@@ -501,11 +496,7 @@ def test_per_class_keys_are_checked_like_any_key_before_training(tmp_path):
 
 
 SIBLINGS = {
-    "one prefix": (
-        dict(),
-        dict(metrics=("fid", KID(subsets=4, subset_size=10))),
-        r"both write keys \['eval_seconds', 'fid'",
-    ),
+    "one prefix": (dict(), dict(metrics=("fid", KID(subsets=4, subset_size=10))), "state_key. must be unique"),
     "prefixes that share a file name": (
         dict(prefix="ema/"),
         dict(prefix="ema_"),
@@ -524,11 +515,11 @@ def test_two_callbacks_never_share_a_key_or_a_file(tmp_path, name):
     a, b, match = SIBLINGS[name]
     first = make_callback(tmp_path, **{"metrics": ("fid",), **a})
     second = make_callback(tmp_path, **{"metrics": ("fid",), **b})
-    assert first.state_key != second.state_key  # else Lightning itself refuses the pair, before any hook
-    trainer = pl.Trainer(callbacks=[first, second], **trainer_kwargs(tmp_path, max_epochs=1))
-    with pytest.raises(ValueError, match=match):
-        trainer.fit(TinyGAN(), *loaders())
-    assert trainer.global_step == 0
+    trainers = []
+    with pytest.raises((ValueError, RuntimeError), match=match):  # one prefix, one state key: Lightning refuses it
+        trainers.append(pl.Trainer(callbacks=[first, second], **trainer_kwargs(tmp_path, max_epochs=1)))
+        trainers[0].fit(TinyGAN(), *loaders())
+    assert not trainers or trainers[0].global_step == 0
 
 
 def test_two_callbacks_with_their_own_prefixes_keep_their_own_keys_files_and_state(tmp_path):
@@ -645,3 +636,195 @@ def test_the_fingerprint_is_the_same_for_any_number_of_ranks(tmp_path):
     one = _identical_fingerprint_worker(0, 1, str(tmp_path))
     assert run_distributed(_identical_fingerprint_worker, 2, tmp_path, str(tmp_path)) == [one, one]
     assert run_distributed(_identical_fingerprint_worker, 3, tmp_path, str(tmp_path)) == [one, one, one]
+
+
+# ======================================================================== found by an adversarial user
+class Scaled(TinyFeatures):
+    """Features times a scale kept in a non-persistent buffer (not in the state dict)."""
+
+    name = "scaled"
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)
+
+    def forward(self, x):
+        return super().forward(x) * self.scale
+
+
+class Mode(TinyFeatures):
+    name = "mode"
+    POOL = "avg"  # a class-level option
+
+    def forward(self, x):
+        pooled = (
+            nn.functional.adaptive_max_pool2d(x, 4) if self.POOL == "max" else nn.functional.adaptive_avg_pool2d(x, 4)
+        )
+        return torch.tanh(pooled.flatten(1) @ self.proj)
+
+
+class ModeMax(Mode):
+    POOL = "max"
+
+
+def _tripled(module):
+    with torch.no_grad():
+        module.proj.mul_(3.0)
+    return module
+
+
+HIDDEN_CHANGES = {
+    "a non-persistent buffer": (lambda: Scaled(1.0), lambda: Scaled(3.0)),
+    "a class-level option": (Mode, ModeMax),
+    "weights changed after loading": (TinyFeatures, lambda: _tripled(TinyFeatures())),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HIDDEN_CHANGES))
+def test_what_an_extractor_computes_with_is_all_in_its_identity(tmp_path, name):
+    make_a, make_b = HIDDEN_CHANGES[name]
+    data = TensorDataset(real_images(37))
+    first, second = _resolve(tmp_path, data, extractor=make_a()), _resolve(tmp_path, data, extractor=make_b())
+    assert first.key != second.key
+
+
+def test_hooks_are_part_of_the_identity_and_one_that_cannot_be_identified_is_not_cached(tmp_path):
+    data = TensorDataset(real_images(37))
+    keys = []
+    for factor in (5.0, 6.0):
+        extractor = TinyFeatures()
+        extractor.register_forward_hook(lambda module, args, out, factor=factor: out * factor)
+        keys.append(_resolve(tmp_path, data, extractor=extractor).key)
+    assert keys[0] != keys[1] and not keys[0].startswith("uncached")
+    opaque = object()  # no stable repr: what it does cannot be told
+    extractor = TinyFeatures()
+    extractor.register_forward_hook(lambda module, args, out: out if opaque else out)
+    with pytest.warns(UserWarning, match=r"not cached: extractor tiny-features's hook forward_hooks"):
+        assert _resolve(tmp_path, data, extractor=extractor).key.startswith("uncached")
+
+
+def test_an_edited_forward_is_another_network(tmp_path):
+    namespace = {"__name__": "edited_module"}
+    source = """
+import torch
+from helpers.tiny import TinyFeatures
+
+class Edited(TinyFeatures):
+    name = "edited"
+
+    def forward(self, x):
+        return torch.tanh(torch.nn.functional.{pool}(x, 4).flatten(1) @ self.proj)
+"""
+    keys = []
+    for pool in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
+        exec(source.format(pool=pool), namespace)  # the same class name, edited between two runs
+        keys.append(_resolve(tmp_path, TensorDataset(real_images(37)), extractor=namespace["Edited"]()).key)
+    assert keys[0] != keys[1]
+
+
+def test_an_extractor_changed_between_two_fits_of_one_callback_is_described_again(tmp_path):
+    extractor = TinyFeatures()
+    cb = make_callback(tmp_path, metrics=("fid",), feature_extractor=extractor)
+    trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(TinyGAN(), *loaders())
+    first_key = cb.evaluator.reference.key
+    _tripled(extractor)
+    model = TinyGAN()
+    pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1)).fit(model, *loaders())
+    assert cb.evaluator.reference.key != first_key
+    fresh = make_callback(tmp_path, metrics=("fid",), feature_extractor=extractor, use_cache=False)
+    assert cb.history[-1]["fid"] == pytest.approx(fresh.evaluate(model)[0]["fid"], rel=1e-9)
+
+
+def test_a_statistics_file_of_another_configuration_is_refused(tmp_path):
+    from lightning_fid.engine._stats import identity_metadata
+    from lightning_fid.extractors.base import describe
+
+    path = _npz(tmp_path, **identity_metadata(describe(Mode())))
+    with pytest.raises(ValueError, match="computed with mode in another configuration"):
+        _fit(tmp_path, real=path, metrics=("fid",), feature_extractor=ModeMax())
+
+
+def test_fresh_early_stopping_never_stops_a_run_because_an_evaluation_failed(tmp_path):
+    stopper = FreshEarlyStopping(monitor="fid", mode="min", patience=10)
+    with pytest.warns(UserWarning, match="fid is not finite at step .* does not count towards patience"):
+        cb = _fit(tmp_path, model=FailsLater(), epochs=4, metrics=("fid",), extra=(stopper,))
+    assert len(cb.history) == 4 and not stopper.stopped_epoch and stopper.wait_count == 0
+
+
+def test_adding_a_metric_on_resume_keeps_the_history_and_warns(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    _fit(tmp_path / "a", metrics=("fid",), extra=(ckpt,), trainer_kw={"enable_checkpointing": True})
+    resumed = make_callback(tmp_path, metrics=("fid", KID(subsets=4, subset_size=10)))
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "b", max_epochs=3))
+    with pytest.warns(UserWarning, match=r"the checkpoint evaluated \[\]; the constructor's \['KID"):
+        trainer.fit(TinyGAN(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    assert [e["epoch"] for e in resumed.history] == [0, 1, 2] and "kid" in resumed.history[-1]
+
+
+def test_resuming_against_another_reference_warns_and_restarts_best(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    _fit(tmp_path / "a", metrics=("fid",), extra=(ckpt,), trainer_kw={"enable_checkpointing": True})
+    resumed = make_callback(tmp_path, metrics=("fid",), feature_extractor=TinyFeatures(seed=7))
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "b", max_epochs=3))
+    with pytest.warns(UserWarning, match="scored against another reference .* the best value starts afresh"):
+        trainer.fit(TinyGAN(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    assert resumed.best == resumed.history[-1]["fid"]
+
+
+class NoOption(Metric):
+    name = "no_option"
+
+    def __init__(self, alpha: float = 1.0):
+        super().__init__()
+        self._alpha = alpha  # not under its own name
+
+    def compute(self, real, fake, context):
+        return {self.key: self._alpha}
+
+
+class ReturnsAVector(Metric):
+    name = "vector"
+
+    def compute(self, real, fake, context):
+        return {self.key: torch.ones(3)}
+
+
+class ForgetsAKey(Metric):
+    name = "forgets"
+
+    def keys(self, run=None):
+        return (self.key, self.key + "_extra")
+
+    def compute(self, real, fake, context):
+        return {self.key: 1.0}
+
+
+def test_user_metrics_that_cannot_work_are_refused_before_training_and_gaps_warn(tmp_path):
+    with pytest.raises(ValueError, match=r"NoOption must store each constructor option .* missing \['alpha'\]"):
+        make_callback(tmp_path, metrics=(NoOption(),))
+    with pytest.raises(ValueError, match=r"ReturnsAVector\(\) fails on the reference .* Tensor for 'vector', not one"):
+        _fit(tmp_path, metrics=("fid", ReturnsAVector()))
+    assert not _fit.trained
+    with pytest.warns(UserWarning, match=r"ForgetsAKey\(\) returned no value for \['forgets_extra'\]"):
+        values, _ = make_callback(tmp_path, metrics=(ForgetsAKey(),)).evaluate(TinyGAN())
+    assert values["forgets"] == 1.0 and math.isnan(values["forgets_extra"])
+
+
+def test_per_class_labels_that_leave_a_class_out_of_an_evaluation_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"classes \[2\] get fewer than 2 of the 60 generated samples"):
+        make_callback(
+            tmp_path,
+            metrics=("intra_fid",),
+            num_samples=60,
+            conditions=torch.arange(90) // 30,
+            real=RealData(TensorDataset(real_images(37), torch.arange(37) % 3), label_key=1),
+        )
+
+
+def test_the_cli_refuses_num_with_statistics_files(tmp_path, capsys):
+    from lightning_fid import cli
+
+    path = _npz(tmp_path, dim=2048, extractor="inception-v3-tf-2015-12-05")
+    assert cli.main(["score", path, path, "--num", "10"]) == 2
+    assert "--num 10 selects images of a folder" in capsys.readouterr().err

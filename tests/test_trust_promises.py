@@ -362,8 +362,12 @@ def test_an_inception_with_logits_as_feature_extractor_serves_fid_and_is_in_one_
         warnings.simplefilter("ignore")
         inception = InceptionV3(write_random_inception(tmp_path / "inception.pth"), logits=True)
     cb = make_callback(
-        tmp_path, metrics=("fid", InceptionScore(splits=2)), feature_extractor=inception, num_samples=10,
-        batch_size=5, log_images=0,
+        tmp_path,
+        metrics=("fid", InceptionScore(splits=2)),
+        feature_extractor=inception,
+        num_samples=10,
+        batch_size=5,
+        log_images=0,
     )
     calls = []
     inception.net.register_forward_hook(lambda *a: calls.append(1))

@@ -16,16 +16,22 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from typing_extensions import override
 
 from lightning_fid.callbacks._history import History
-from lightning_fid.callbacks._loaders import check_own_keys, check_siblings, prepare
-from lightning_fid.callbacks._monitors import check_monitors
 from lightning_fid.callbacks._reporting import log_grid, log_values
 from lightning_fid.callbacks._run import RunState, evaluate_choices
-from lightning_fid.callbacks._schedule import Cadence, check_schedule
+from lightning_fid.callbacks._schedule import Cadence
+from lightning_fid.callbacks._stages import (
+    check_own_keys,
+    check_siblings,
+    fast_dev_run,
+    find_legacy_state,
+    prepare,
+    start_fit,
+    start_training,
+)
 from lightning_fid.callbacks._weights import CHOICES, WeightsChoice, raw_snapshot_needed, resolve_choice
 from lightning_fid.engine import Evaluator, StatsCache
 from lightning_fid.engine._images import InputRange
@@ -54,16 +60,15 @@ class GenerativeMetrics(Callback):
         num_samples: generated samples per evaluation (fixed noise, so evaluations are comparable).
         batch_size: sampling batch size (also the real-data batch size).
         seed: seed of the fixed noise (and of metrics' own random draws unless they set one).
-        every_n_epochs: evaluate epochs where ``(epoch + 1) % every_n_epochs == 0`` (Lightning's
-            convention), at their validation or, without one, at their training epoch end (default 1).
+        every_n_epochs: evaluate epochs where ``(epoch + 1) % every_n_epochs == 0``, at their
+            validation or else their training epoch end (default 1).
         every_n_steps: instead, evaluate whenever ``trainer.global_step`` reaches a multiple of this.
         weights: ``"auto"`` (the averaged weights when a ``WeightAveraging`` callback such as
             ``EMAWeightAveraging`` is present, else the raw ones), ``"raw"``, ``"averaged"``, or
             ``"both"`` (averaged under the normal keys, raw under ``<key>_raw``).
         conditions: one entry per generated sample (labels tensor, list of prompts, ...); sample
             ``i`` always gets ``conditions[i]``, passed to the sampler as ``conditions=``.
-        sample_autocast: run the generator under ``torch.autocast`` with this dtype for speed;
-            feature extraction always runs in full precision.
+        sample_autocast: sample under ``torch.autocast`` with this dtype (extraction stays exact).
         input_range: range of generated images: ``(-1, 1)``, ``(0, 1)`` or ``"uint8"``.
         range_check: refuse, before training, generated float images that fill only the upper half of
             ``input_range`` (``RealData(range_check=...)`` does the same for real images).
@@ -74,6 +79,7 @@ class GenerativeMetrics(Callback):
         cache_dir: where reference statistics are cached (default: ``$LIGHTNING_FID_HOME/stats``).
         use_cache: False reads the real data at every fit.
         progress: show progress bars on rank 0.
+        prog_bar: show the first metric's latest value in Lightning's progress bar.
         dry_run_samples: samples drawn before training to check the whole chain (default: one batch).
 
     Raises:
@@ -83,12 +89,8 @@ class GenerativeMetrics(Callback):
 
     Example::
 
-        from lightning_fid import GenerativeMetrics, RealData
-        from lightning_fid.metrics import KID
-
         metrics = GenerativeMetrics(real=RealData(val_set, image_key="image"), sample_fn=sample,
                                     metrics=["fid", KID(subset_size=500)], every_n_steps=5000)
-        trainer = pl.Trainer(callbacks=[metrics])
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class GenerativeMetrics(Callback):
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
         progress: bool = True,
+        prog_bar: bool = False,
         dry_run_samples: int | None = None,
     ) -> None:
         super().__init__()
@@ -140,6 +143,7 @@ class GenerativeMetrics(Callback):
         if weights not in CHOICES:
             raise ValueError(f"weights={weights!r}; choose from {CHOICES}")
         self.prefix = prefix
+        self.prog_bar = prog_bar
         self.final_num_samples = final_num_samples
         self.run = RunState(History(prefix))
         self._choices: tuple[str, ...] = ("raw",)
@@ -160,15 +164,12 @@ class GenerativeMetrics(Callback):
         """Every evaluation's float64 values with ``epoch`` and ``step`` (also after ``ddp_spawn``)."""
         return self.run.history.entries
 
-    @property
-    def best(self) -> float | None:
-        """The best value of the first metric's main key so far (by its direction)."""
-        return self.run.best
+    best = property(lambda self: self.run.best, doc="The first metric's best main value so far (by its direction).")
 
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix, metrics=tuple(m.key for m in self.metrics))
+        return self._generate_state_key(prefix=self.prefix)  # stable when metrics change: the history survives
 
     def keys(self) -> list[str]:
         """Every metric key this callback logs (what EarlyStopping / ModelCheckpoint may monitor)."""
@@ -178,42 +179,37 @@ class GenerativeMetrics(Callback):
         return [self.prefix + name for name in names]
 
     def should_evaluate(self, trainer: pl.Trainer) -> bool:
-        """Whether the current epoch (epoch cadence) or step (step cadence) is due. Override for
-        another schedule; :mod:`lightning_fid.callbacks._monitors` checks monitors against the default one."""
+        """Whether the current epoch or step is due (override for another schedule; monitors are
+        checked against the default one)."""
         if trainer.sanity_checking:
             return False
         if self.cadence.by_steps:
             return self.cadence.step_due(trainer.global_step, self.run.last_step)
         return self.cadence.epoch_due(trainer.current_epoch)
 
-    def evaluated_now(self, trainer: pl.Trainer) -> bool:
-        """True right after an evaluation, until the trainer moves to another epoch or step."""
-        return self.run.last_evaluated == (trainer.current_epoch, trainer.global_step)
-
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Check keys and files against sibling callbacks, build the networks (resolving weights: fails
-        fast when missing) and check the sampler."""
+        """Check keys and files against sibling callbacks, build the networks and check the sampler."""
         check_siblings(self, trainer)
         make_sampler(self.evaluator.sample_fn, pl_module)
-        self.evaluator.build()
-        self._choices = resolve_choice(self.weights, trainer, fitting=stage == "fit")
         if stage == "fit":
             self.run.reset()
+            self.evaluator.reset()  # networks described again: their weights may have changed
+        self.evaluator.build()
+        self._choices = resolve_choice(self.weights, trainer, fitting=stage == "fit")
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_monitors(trainer, set(self.keys()), self.cadence)
-        prepare(self.evaluator, trainer, pl_module)
+        start_fit(self, trainer, pl_module)
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        check_schedule(self.cadence, trainer, is_overridden("validation_step", pl_module))
+        start_training(self, trainer, pl_module)
         self.run.last_step = trainer.global_step  # a resumed run continues the schedule, no extra evaluation
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.evaluator.reference is None:  # trainer.validate() without fit
+        if self.evaluator.reference is None and trainer.state.fn == TrainerFn.VALIDATING:  # validate() alone
             prepare(self.evaluator, trainer, pl_module)
 
     @override
@@ -223,14 +219,16 @@ class GenerativeMetrics(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or fast_dev_run(trainer):
             return
-        if trainer.state.fn == TrainerFn.VALIDATING or (not self.cadence.by_steps and self.should_evaluate(trainer)):
+        if trainer.state.fn == TrainerFn.VALIDATING:  # trainer.validate(): its own keys, not the training history
+            self._evaluate_and_log(trainer, pl_module, in_validation=True, stage="validate/")
+        elif not self.cadence.by_steps and self.should_evaluate(trainer):
             self._evaluate_and_log(trainer, pl_module, in_validation=True)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self.cadence.by_steps and self.should_evaluate(trainer):
+        if self.cadence.by_steps and self.should_evaluate(trainer) and not fast_dev_run(trainer):
             self._evaluate_and_log(trainer, pl_module, on_step=True)
 
     @override
@@ -238,7 +236,7 @@ class GenerativeMetrics(Callback):
         # Lightning runs this before EarlyStopping's and ModelCheckpoint's on_train_epoch_end. A due
         # epoch without a validation run is evaluated here.
         evaluated = self.run.last_evaluated is not None and self.run.last_evaluated[0] == trainer.current_epoch
-        if not self.cadence.by_steps and self.should_evaluate(trainer) and not evaluated:
+        if not self.cadence.by_steps and self.should_evaluate(trainer) and not evaluated and not fast_dev_run(trainer):
             self._evaluate_and_log(trainer, pl_module)
         if self.final_num_samples is not None and raw_snapshot_needed(self._choices, trainer, self):
             self.run.raw_snapshot = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
@@ -247,11 +245,11 @@ class GenerativeMetrics(Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         n = self.final_num_samples or self.evaluator.num_samples
         values, _ = evaluate_choices(self.evaluator, self._choices, trainer, pl_module, self, n)
-        log_values(trainer, pl_module, {"test/" + self.prefix + k: v for k, v in values.items()})
+        log_values(trainer, pl_module, {"test/" + self.prefix + k: v for k, v in values.items()})  # not recorded
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.final_num_samples is not None:
+        if self.final_num_samples is not None and not fast_dev_run(trainer):
             n, snapshot = self.final_num_samples, self.run.raw_snapshot
             values, _ = evaluate_choices(self.evaluator, self._choices, trainer, pl_module, self, n, False, snapshot)
             self.run.finish({self.prefix + "final_" + k: v for k, v in values.items()}, trainer)
@@ -259,20 +257,21 @@ class GenerativeMetrics(Callback):
     def evaluate(
         self, pl_module: nn.Module, num_samples: int | None = None
     ) -> tuple[dict[str, float], torch.Tensor | None]:
-        """Metrics of the module's current weights (a collective call), also outside ``fit``, on any module
-        ``sample_fn`` can sample: prepares on first use. Returns (values, grid on rank 0)."""
+        """(values, grid on rank 0) of the module's current weights; also outside ``fit`` (collective)."""
         return self.evaluator.evaluate(pl_module, num_samples)
 
     def _evaluate_and_log(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, in_validation: bool = False, on_step: bool = False
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, in_validation=False, on_step=False, stage=""
     ) -> None:
         start = time.perf_counter()
         n = self.evaluator.num_samples
         values, grid = evaluate_choices(self.evaluator, self._choices, trainer, pl_module, self, n, in_validation)
         values["eval_seconds"] = time.perf_counter() - start
-        log_values(trainer, pl_module, {self.prefix + k: v for k, v in values.items()}, on_step=on_step)
+        shown = {stage + self.prefix + k for k in self.keys()[:1]} if self.prog_bar else set()
+        log_values(trainer, pl_module, {stage + self.prefix + k: v for k, v in values.items()}, on_step, shown)
         keys = self.evaluator.keys()
-        self.run.record(trainer, values, keys[0] if keys else None, self.metrics[0].higher_is_better)
+        if not stage:  # evaluations of the training run only
+            self.run.record(trainer, values, keys[0] if keys else None, self.metrics[0].higher_is_better)
         if grid is not None and trainer.is_global_zero:
             log_grid(trainer, grid, f"{self.prefix}samples", trainer.global_step, trainer.current_epoch)
 
@@ -281,6 +280,11 @@ class GenerativeMetrics(Callback):
         return self.run.state_dict(self.evaluator)
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore history, best value and the noise seed; conflicts with the constructor warn."""
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # conflicts with the constructor warn
         self.run.load_state_dict(state_dict, self.evaluator)
+
+    @override
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        legacy = find_legacy_state(checkpoint, self.state_key, self.prefix)  # 0.1 keyed the state by metrics too
+        if legacy is not None:
+            self.load_state_dict(legacy)

@@ -48,6 +48,7 @@ class History:
     def __init__(self, name: str = "") -> None:
         self.name = name
         self.token = uuid.uuid4().hex
+        self.owner_pid = os.getpid()  # the process that made the callback (spawned copies keep it)
         self._entries: list[dict[str, Any]] = []
         self._final: dict[str, float] = {}
 
@@ -65,10 +66,13 @@ class History:
         return HISTORY_FILE if not suffix else HISTORY_FILE.replace(".json", f"_{suffix}.json")
 
     def _read_back(self) -> None:
+        """In the launching process of a spawn strategy: take the spawned run's history, then delete
+        its file (nothing accumulates in the temporary folder)."""
         if not self._entries and not self._final and self.spawn_file.is_file():
             saved = json.loads(self.spawn_file.read_text())
             self._entries = [{k: _from_json(v) for k, v in e.items()} for e in saved["evaluations"]]
             self._final = {k: _from_json(v) for k, v in saved["final"].items()}
+            self.spawn_file.unlink(missing_ok=True)
 
     @property
     def entries(self) -> list[dict[str, Any]]:
@@ -91,11 +95,11 @@ class History:
         """Set the entries (from a checkpoint)."""
         self._entries = list(entries)
 
-    def file_for(self, trainer: pl.Trainer) -> Path:
-        """``lightning_fid_history[_<name>].json`` in the first logger's folder (or the root dir).
-        A collective call under DDP (``trainer.log_dir`` broadcasts rank 0's folder)."""
-        folder = trainer.log_dir or trainer.default_root_dir
-        return Path(folder) / self.file_name
+    def file_for(self, trainer: pl.Trainer) -> Path | None:
+        """``lightning_fid_history[_<name>].json`` in the output folder (see :func:`output_folder`), or
+        None. A collective call under DDP (``trainer.log_dir`` broadcasts rank 0's folder)."""
+        folder = output_folder(trainer)
+        return None if folder is None else folder / self.file_name
 
     def append(self, entry: dict[str, Any], trainer: pl.Trainer | None) -> None:
         """Record one evaluation; rank 0 rewrites the JSON files (a collective call under DDP)."""
@@ -118,7 +122,8 @@ class History:
             "final": {k: _jsonable(v) for k, v in self._final.items()},
         }
         text = json.dumps(payload, indent=1)
-        for path in (log_file, self.spawn_file):
+        spawned = os.getpid() != self.owner_pid  # the launching process reads this file back
+        for path in [p for p in (log_file, self.spawn_file if spawned else None) if p is not None]:
             try:
                 with atomic_write(path, suffix=".json") as tmp:
                     tmp.write_text(text)
@@ -128,6 +133,16 @@ class History:
                     "are still logged and kept in the callback's history",
                     stacklevel=3,
                 )
+
+
+def output_folder(trainer: pl.Trainer) -> Path | None:
+    """Where the callback writes files (history JSON, PNG grids): the first logger's folder; without a
+    logger the trainer's ``default_root_dir`` when it was set; else nowhere (never into the working
+    directory the user did not point at). A collective call under DDP (``trainer.log_dir``)."""
+    if trainer.loggers:
+        return Path(trainer.log_dir or trainer.default_root_dir)
+    root = Path(trainer.default_root_dir).resolve()
+    return None if root == Path.cwd().resolve() else root
 
 
 def _describe(identity: Any) -> str:

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
 from lightning_fid.callbacks._schedule import Cadence
@@ -165,11 +167,20 @@ class FreshEarlyStopping(EarlyStopping):
 
     def _check_new_evaluation(self, trainer: pl.Trainer) -> None:
         last = self._source(trainer).run.last_evaluated
-        if last is not None and last != self._checked and not self._should_skip_check(trainer):
-            self._checked = last
-            # EarlyStopping's own check (a method of the class we extend, not patched): compares the
-            # value just logged and counts patience
-            self._run_early_stopping_check(trainer)
+        if last is None or last == self._checked or self._should_skip_check(trainer):
+            return
+        self._checked = last
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None and not bool(torch.isfinite(torch.as_tensor(value))):
+            # a failed evaluation (NaN, with a warning naming why) is not a reason to stop training
+            rank_zero_warn(
+                f"FreshEarlyStopping: {self.monitor} is not finite at step {last[1]}; this evaluation "
+                "does not count towards patience"
+            )
+            return
+        # EarlyStopping's own check (a method of the class we extend, not patched): compares the value
+        # just logged and counts patience
+        self._run_early_stopping_check(trainer)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

@@ -3,18 +3,22 @@ they describe) and a grid of fixed-noise samples (rank 0 only)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 
+from lightning_fid.callbacks._history import output_folder
 from lightning_fid.engine._files import atomic_write
 
 
 def log_grid(trainer, grid: torch.Tensor, tag: str, step: int, epoch: int) -> list[str]:
-    """Log ``grid`` to TensorBoard / W&B / MLflow loggers, else as a PNG under a log dir.
+    """Log ``grid`` to TensorBoard / W&B / MLflow loggers, else as a PNG under another logger's log dir;
+    without loggers under the trainer's ``default_root_dir`` when it was set, else nowhere.
 
     Returns what was written, for tests and messages.
     """
@@ -34,8 +38,10 @@ def log_grid(trainer, grid: torch.Tensor, tag: str, step: int, epoch: int) -> li
         else:
             folder = Path(getattr(logger, "log_dir", None) or trainer.default_root_dir) / "samples"
             written.append(_save_png(hwc, folder, tag, epoch, step))
-    if not trainer.loggers:
-        written.append(_save_png(hwc, Path(trainer.default_root_dir) / "samples", tag, epoch, step))
+    if not trainer.loggers:  # logger=False: the trainer's root folder if it was set, never the working directory
+        folder = output_folder(trainer)
+        if folder is not None:
+            written.append(_save_png(hwc, folder / "samples", tag, epoch, step))
     return written
 
 
@@ -48,17 +54,34 @@ def _save_png(hwc: np.ndarray, folder: Path, tag: str, epoch: int, step: int) ->
 
 
 def log_values(
-    trainer: pl.Trainer, pl_module: pl.LightningModule, values: dict[str, float], on_step: bool = False
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    values: dict[str, float],
+    on_step: bool = False,
+    prog_bar: Collection[str] = (),
 ) -> None:
     """Put ``values`` (already keyed) in ``callback_metrics`` for monitors, and send them to every logger.
 
     At epoch ends (training or validation) Lightning's own logging does both. From a training batch
     end Lightning forwards values to loggers only every ``log_every_n_steps``, so there rank 0 sends
-    them itself, at ``trainer.global_step``: the step they describe.
+    them itself, at ``trainer.global_step``: the step they describe. The values are already identical
+    on every rank; ``sync_dist`` with ``max`` keeps them exactly so (and tells Lightning they are
+    synchronised). Without loggers nothing is sent to one (no "no logger configured" warning).
     """
+    # validate / test return what goes to loggers: their values are logged "to loggers" even without one
+    standalone = trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)
+    to_loggers = (bool(trainer.loggers) or standalone) and not on_step
     for key, value in values.items():
         pl_module.log(
-            key, float(value), on_step=on_step, on_epoch=not on_step, sync_dist=False, logger=not on_step, batch_size=1
+            key,
+            float(value),
+            on_step=on_step,
+            on_epoch=not on_step,
+            sync_dist=True,
+            reduce_fx="max",
+            logger=to_loggers,
+            prog_bar=key in prog_bar,
+            batch_size=1,
         )
     if on_step and trainer.is_global_zero:
         for logger in trainer.loggers:

@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_fid.callbacks._history import History, restore_state
 from lightning_fid.callbacks._weights import scored_weights
@@ -49,12 +50,13 @@ class RunState:
     last_evaluated: tuple[int, int] | None = None  # (epoch, global step)
     last_step: int | None = None
     raw_snapshot: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    resumed_reference: str | None = None  # the reference key a resumed checkpoint was scored against
 
     def reset(self) -> None:
         """A new fit (a resumed one gets its state back from the checkpoint after this)."""
         self.history.reset()
         self.best = None
-        self.last_evaluated = self.last_step = self.raw_snapshot = None
+        self.last_evaluated = self.last_step = self.raw_snapshot = self.resumed_reference = None
 
     def record(self, trainer: pl.Trainer, values: dict[str, Any], main: str | None, higher_is_better: bool) -> None:
         """Record one evaluation (rank 0 writes the history file) and update ``best`` from ``values[main]``."""
@@ -91,3 +93,17 @@ class RunState:
         identities = [m.identity() for m in evaluator.metrics]
         history, self.best, evaluator.seed = restore_state(state, evaluator.seed, identities, evaluator.num_samples)
         self.history.replace(history)
+        self.resumed_reference = state.get("real_key")
+
+    def check_resumed_reference(self, evaluator: Evaluator) -> None:
+        """After a resume, once the reference is resolved: another reference (other real data, reading or
+        networks) makes values before and after incomparable: say so, and ``best`` starts afresh."""
+        old, new = self.resumed_reference, evaluator.reference.key if evaluator.reference is not None else None
+        if old and new and old != new and not (old.startswith("uncached") and new.startswith("uncached")):
+            rank_zero_warn(
+                "GenerativeMetrics: the checkpoint's evaluations were scored against another reference "
+                "(other real data, reading or networks): values before and after the resume are not "
+                "comparable; the best value starts afresh"
+            )
+            self.best = None
+        self.resumed_reference = None

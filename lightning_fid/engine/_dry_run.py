@@ -22,8 +22,20 @@ from lightning_fid.engine._slots import Slot, extract
 
 
 def _sample(sampler: Sampler, module: nn.Module, size: int, seed: int, conditions: Any, autocast: Any, device: Any):
-    with sampling_precision(autocast, device):
-        ((_, images),) = list(generate(sampler, module, plan(size, size), seed, conditions))
+    try:
+        with sampling_precision(autocast, device):
+            ((_, images),) = list(generate(sampler, module, plan(size, size), seed, conditions))
+    except RuntimeError as exc:
+        dtypes = {p.dtype for p in module.parameters()} - {torch.float32}
+        if (
+            "dtype" in str(exc).lower() or "scalar type" in str(exc).lower()
+        ) and dtypes:  # e.g. Trainer(precision="bf16-true"): float32 noise, bf16 weights
+            raise ValueError(
+                f"the sampler failed with {exc!r}: the module's weights are {sorted(map(str, dtypes))} (a 'true' "
+                "precision such as Trainer(precision='bf16-true'?) but its noise is float32; cast the noise to the "
+                "module's dtype: torch.randn(n, z_dim, generator=generator).to(module.device, module.dtype)"
+            ) from exc
+        raise
     return images.detach()
 
 

@@ -8,6 +8,7 @@ the fixed noise. Every call leaves the RNG states as it found them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -62,6 +63,19 @@ def count_classes(conditions: Any, label_key: Any) -> int:
     return int(labels.max()) + 1
 
 
+def check_class_counts(conditions: Any, classes: int, num_samples: int) -> None:
+    """Refuse labels whose first ``num_samples`` (what an evaluation generates) leave a class with fewer
+    than 2 samples: its per-class FID could never be computed."""
+    labels = torch.as_tensor(conditions)[:num_samples].long()
+    counts = torch.bincount(labels, minlength=classes)
+    thin = [c for c in range(classes) if int(counts[c]) < 2]
+    if thin:
+        raise ValueError(
+            f"per-class metrics: classes {thin[:10]} get fewer than 2 of the {num_samples} generated samples "
+            "(conditions[:num_samples]); use balanced labels such as torch.arange(num_samples) % num_classes"
+        )
+
+
 class Evaluator:
     """What one evaluation needs; see :class:`~lightning_fid.GenerativeMetrics` for each argument.
 
@@ -112,6 +126,8 @@ class Evaluator:
             )
         per_class = any(m.needs.per_class for m in self.metrics)
         classes = count_classes(conditions, self.real.label_key) if per_class else 0
+        if per_class:
+            check_class_counts(conditions, classes, num_samples)
         self.run = RunInfo(num_samples=needed, classes=classes, min_samples=num_samples)
         self.scorer = Scorer(self.metrics, (), self.run, seed)
         self.sample_fn = sample_fn
@@ -128,6 +144,7 @@ class Evaluator:
         self.dry_run_samples = max(2, min(num_samples, dry_run_samples or batch_size))
         self.slots: list[Slot] = []
         self.reference: Reference | None = None
+        self._checked = False
 
     @property
     def seed(self) -> int:
@@ -142,23 +159,28 @@ class Evaluator:
         """Every key the metrics log, in order (per-class keys included)."""
         return self.scorer.keys()
 
+    def reset(self) -> None:
+        """A new run: the networks are described again (their weights may have changed since), and the
+        next :meth:`prepare` runs the dry run and resolves the reference again."""
+        self._checked = False
+        self.reference = None
+        self.slots = []
+
     def build(self) -> None:
         """Build the extractor slots once (resolving published weights: fails fast when missing)."""
         if not self.slots:
             self.slots, slot_of = build_slots(self.metrics, self.feature_extractor, self.weights, self.run.classes)
             self.scorer.slot_of = tuple(slot_of)
 
-    def prepare(self, module: nn.Module, named: Mapping[str, Callable[[], Any]] | None = None) -> None:
-        """Dry run of the whole chain at a full batch, then reference statistics (a collective call).
-        Leaves every RNG as it found it, so a cache hit trains exactly like a cache miss.
+    def check(self, module: nn.Module) -> None:
+        """Build the networks and run the dry run of the whole chain (a collective call): every batch
+        shape an evaluation uses, through every network. Cheap; done once.
 
         Raises:
-            ValueError: anything wrong with the generator, the networks, the real data or a metric's
-                fit to them, saying what to change.
+            ValueError: anything wrong with the generator or the networks, saying what to change.
         """
         self.build()
         device = module_device(module)
-        # Lightning may call hooks under inference_mode; cached statistics must stay ordinary tensors.
         with torch.inference_mode(False), torch.no_grad(), preserved_rng():
             for slot in self.slots:
                 slot.module.to(device)
@@ -175,6 +197,24 @@ class Evaluator:
                     sample_autocast=self.sample_autocast,
                     range_check=self.range_check,
                 )
+        self._checked = True
+
+    def prepare(self, module: nn.Module, named: Mapping[str, Callable[[], Any]] | None = None) -> None:
+        """The dry run (unless :meth:`check` ran), then the reference statistics and each metric's
+        reference-side work (a collective call). Leaves every RNG as it found it, so a cache hit
+        trains exactly like a cache miss.
+
+        Raises:
+            ValueError: anything wrong with the generator, the networks, the real data or a metric's
+                fit to them, saying what to change.
+        """
+        if not getattr(self, "_checked", False):
+            self.check(module)
+        device = module_device(module)
+        # Lightning may call hooks under inference_mode; cached statistics must stay ordinary tensors.
+        with torch.inference_mode(False), torch.no_grad(), preserved_rng():
+            for slot in self.slots:
+                slot.module.to(device)
             reference = resolve_reference(
                 self.real.source,
                 self.slots,
@@ -187,6 +227,7 @@ class Evaluator:
                 generated=self.run.num_samples,
             )
             self.scorer.prepare(reference.stats)
+            self.scorer.try_user_metrics(reference.stats)
         self.reference = reference
 
     def evaluate(
@@ -225,16 +266,20 @@ class Evaluator:
             except Exception as exc:
                 if strict:
                     raise
-                warn_rank_zero(
+                message = (
                     f"lightning_fid: sampling or feature extraction failed ({type(exc).__name__}: {exc}); "
                     f"logging NaN for {self.keys()}"
                 )
+                if "on another rank" in str(exc):
+                    warn_rank_zero(message)
+                else:  # the rank where it happened says why, whichever it is
+                    warnings.warn(message, stacklevel=2)
                 return self.scorer.nan_values(), None
             if fake.stats is None:
                 epoch = getattr(module, "current_epoch", 0)
                 warn_rank_zero(f"epoch {epoch}: the generator produced NaN/inf images; logging NaN for {self.keys()}")
                 return self.scorer.nan_values(), fake.grid
-            return self.scorer.score(self.reference.stats, fake.stats, strict=strict), fake.grid
+            return self.scorer.score(self.reference.stats, fake.stats, strict, self._progress()), fake.grid
 
     def _dry_run_sizes(self) -> list[int]:
         """The dry run's batch sizes: one full batch, then every evaluation's last partial batch."""

@@ -42,12 +42,25 @@ def _build(network: str, weights_path: Any) -> nn.Module:
     raise ValueError(f"unknown standard network {network!r}")
 
 
+def _file_identity(network: str, weights_path: str | os.PathLike | None) -> str:
+    """Which file a standard network would load now (explicit path, else the cache folder as the
+    environment sets it), with its size and modification time; "" when none is there yet."""
+    from lightning_fid.extractors.weights import PUBLISHED, cache_dir
+
+    path = Path(weights_path) if weights_path is not None else cache_dir() / PUBLISHED[network].filename
+    if not path.is_file():
+        return ""
+    stat = path.stat()
+    return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 def standard_network(network: str, weights_path: str | os.PathLike | None = None) -> Frozen:
     """The loaded standard ``network`` ("inception", "clip", "dinov2"), from ``weights_path`` or the
-    verified cache; loaded at the first request in this process and shared after that."""
-    key = (network, str(Path(weights_path).resolve()) if weights_path is not None else "")
-    found = _LOADED.get(key)
+    verified cache; loaded at the first request in this process and shared after that, for as long as
+    the file it would load is the same one."""
+    key = (network, _file_identity(network, weights_path))
+    found = _LOADED.get(key) if key[1] else None
     if found is None:
         found = Frozen(_build(network, weights_path))
-        _LOADED[key] = found
+        _LOADED[(network, _file_identity(network, weights_path))] = found
     return found

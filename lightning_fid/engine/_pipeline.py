@@ -26,7 +26,7 @@ from lightning_fid.engine._images import REAL, InputRange, image_grid, to_uint8
 from lightning_fid.engine._real import RealOptions, RealSource
 from lightning_fid.engine._sampling import Sampler, condition_slice, generate, plan
 from lightning_fid.engine._slots import Slot, extract
-from lightning_fid.engine._stats import Statistics
+from lightning_fid.engine._stats import Statistics, identity_metadata
 
 #: per-class FID keeps one float64 d x d matrix per class and set: refuse more than this many bytes
 CLASS_MEMORY_BUDGET = 4 * 2**30
@@ -109,8 +109,7 @@ class Accumulator:
         flat = [t for m in every for t in (m.n, m.sum, m.outer)]
         reduced = all_reduce_packed(flat, group) if flat else []
         out: dict[str, Statistics] = {
-            slot.name: Statistics(metadata={"extractor": slot.info.name, "weights_sha256": slot.info.fingerprint})
-            for slot in self.slots
+            slot.name: Statistics(metadata=identity_metadata(slot.info)) for slot in self.slots
         }
         for i, name in enumerate(names):
             m = FeatureMoments.from_tensors(*reduced[3 * i : 3 * i + 3])
@@ -204,7 +203,6 @@ def sample_and_extract(
     bar = tqdm(total=len(batches), desc="lightning_fid: sampling", disable=not (progress and rank == 0), leave=False)
     with agreed("sampling the generator", device), sampling_precision(sample_autocast, device):
         for batch, images in generate(sampler, module, batches, seed, conditions):
-            bar.update(1)
             with full_precision():
                 if not bool(torch.isfinite(images).all()):
                     bad = True
@@ -216,6 +214,7 @@ def sample_and_extract(
                 if conditions is not None and any(slot.classes for slot in slots):
                     labels = torch.as_tensor(condition_slice(conditions, batch.sample_index)).long()
                 acc.add(u8.to(device), batch.sample_index, labels)
+            bar.update(1)  # after extraction: the bar follows the real work
     bar.close()
     with full_precision():
         if any_rank(bad, device):

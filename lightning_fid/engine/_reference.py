@@ -110,7 +110,7 @@ def _from_file(path: Path, slots: list[Slot], device: torch.device) -> Reference
         )
     stats = load_statistics(path)
     info = slots[0].info
-    check_identity(stats, info.name, info.feature_dim, info.fingerprint, str(path))
+    check_identity(stats, info.name, info.feature_dim, info.fingerprint, str(path), info.config)
     return Reference({slots[0].name: stats.to(device)}, key=f"npz:{path.resolve()}")
 
 

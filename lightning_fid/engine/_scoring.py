@@ -11,6 +11,8 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from lightning_fid.engine._distributed import rank_and_world
 from lightning_fid.engine._stats import Statistics
 from lightning_fid.metrics.base import Context, Metric, RunInfo, values_of
@@ -79,14 +81,40 @@ class Scorer:
                 raise ValueError(f"{metric!r}: {exc}") from None
             metric.prepare(real, self._context(i, {}))
 
+    def try_user_metrics(self, reference: Mapping[str, Statistics]) -> None:
+        """Compute every metric not built into lightning_fid once, on the reference against itself, so a
+        user metric that cannot work is refused before training (built-in ones are tested).
+
+        Raises:
+            ValueError: naming the metric and what it raised or returned.
+        """
+        for i, metric in enumerate(self.metrics):
+            if type(metric).__module__.startswith("lightning_fid."):
+                continue
+            real = reference[self.slot_of[i]]
+            context = Context(seed=self.seed, state={}, shared={}, reference={}, network=self.slot_of[i])
+            try:
+                values = values_of(metric, metric.compute(real, real, context), self.run)
+            except Exception as exc:
+                raise ValueError(
+                    f"{metric!r} fails on the reference statistics scored against themselves "
+                    f"({type(exc).__name__}: {exc}); fix it before training"
+                ) from exc
+            del values
+
     def score(
-        self, reference: Mapping[str, Statistics], fake: Mapping[str, Statistics], strict: bool = True
+        self,
+        reference: Mapping[str, Statistics],
+        fake: Mapping[str, Statistics],
+        strict: bool = True,
+        progress: bool = False,
     ) -> dict[str, float]:
         """Every metric's values (a collective call: identical on every rank). With ``strict=False``
         a metric that fails logs NaN for its keys with a warning naming it and the cause."""
         values: dict[str, float] = {}
         shared: dict[Any, Any] = {}
-        for i, metric in enumerate(self.metrics):
+        bar = tqdm(self.metrics, desc="lightning_fid: metrics", disable=not progress, leave=False)
+        for i, metric in enumerate(bar):
             slot = self.slot_of[i]
             try:
                 result = metric.compute(reference[slot], fake[slot], self._context(i, shared))

@@ -208,7 +208,15 @@ def validate_statistics(stats: Statistics, source: str) -> None:
         raise ValueError(f"{source}: {exc}") from None
 
 
-def check_identity(stats: Statistics, extractor: str, dim: int, fingerprint: str | None, source: str) -> None:
+def identity_metadata(info: Any) -> dict[str, str]:
+    """What statistics record of the network that made them (an ``ExtractorInfo``): its name (with its
+    preprocessing), a hash of its tensors and a hash of its configuration."""
+    return {"extractor": info.name, "weights_sha256": info.fingerprint, "extractor_config": info.config}
+
+
+def check_identity(
+    stats: Statistics, extractor: str, dim: int, fingerprint: str | None, source: str, config: str | None = None
+) -> None:
     """Refuse statistics made by another network than the one scored against them.
 
     Statistics files we write record the extractor's name (preprocessing included) and its weights'
@@ -235,6 +243,12 @@ def check_identity(stats: Statistics, extractor: str, dim: int, fingerprint: str
         raise ValueError(
             f"{source} was computed with other {extractor} weights (sha256 {str(weights)[:12]}...) than "
             f"this run's ({fingerprint[:12]}...); recompute it with the same weights"
+        )
+    recorded_config = stats.metadata.get("extractor_config")
+    if recorded_config is not None and config is not None and recorded_config != config:
+        raise ValueError(
+            f"{source} was computed with {extractor} in another configuration (its options or code "
+            "differ from this run's network); recompute it with this network"
         )
     if recorded is None:
         warnings.warn(

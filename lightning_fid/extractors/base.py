@@ -15,6 +15,7 @@ declared form, so a domain encoder sees exactly what it would see when reading P
 from __future__ import annotations
 
 import hashlib
+import types
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -92,14 +93,13 @@ class Frozen(AlwaysEval):
 
 
 def weights_fingerprint(module: nn.Module) -> str:
-    """Published-weights hash if the module records one, else a SHA-256 of its parameters and buffers."""
-    known = getattr(module, "weights_sha256", None)
-    if known:
-        return str(known)
+    """SHA-256 of the module's tensors as they are now: every parameter and every buffer, persistent
+    or not (a published file's hash would not see weights changed after loading)."""
     digest = hashlib.sha256()
-    for key, tensor in module.state_dict().items():
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    for kind, named in (("p", module.named_parameters()), ("b", module.named_buffers())):
+        for key, tensor in named:
+            digest.update(f"{kind}:{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -143,22 +143,72 @@ def _attribute_identity(value: Any) -> str | None:
     return stable_identity(value)
 
 
-def module_config(module: nn.Module) -> tuple[str, str]:
-    """(hash of the configuration, the first attribute without a stable identity or "") of ``module``.
+_LIBRARIES = ("torch.", "torchvision.", "timm.", "torch_fidelity.")  # versioned code: the version is in the key
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
-    The configuration is every submodule's class and every attribute it keeps besides parameters,
-    buffers and child modules: two parameter-free extractors that differ by a constructor argument
-    (``mode="max"`` / ``"avg"``) differ here, where their ``repr`` may not.
+
+def _code_identity(code: types.CodeType) -> str:
+    """What a function computes, from its bytecode, names and constants (nested functions included):
+    the same for the same code in every run, different once the code is edited."""
+    parts = [code.co_code.hex(), repr(code.co_names), repr(code.co_varnames)]
+    for const in code.co_consts:
+        parts.append(_code_identity(const) if isinstance(const, types.CodeType) else repr(const))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def _function_identity(function: types.FunctionType) -> str | None:
+    """A hook's identity: its code, defaults and the values it closes over; None when one of those has
+    no stable identity (a module or an object without a stable repr)."""
+    captured = [c.cell_contents for c in function.__closure__ or ()] + list(function.__defaults__ or ())
+    texts = [_attribute_identity(v) if not isinstance(v, nn.Module) else None for v in captured]
+    return None if None in texts else _code_identity(function.__code__) + repr(texts)
+
+
+def _class_identity(cls: type) -> str:
+    """What a class outside versioned libraries computes: the code of its methods and its plain class
+    attributes, for it and its bases (an edited ``forward`` or a changed class option is another network)."""
+    parts = []
+    for base in cls.__mro__:
+        if base in (nn.Module, object) or base.__module__.startswith(_LIBRARIES):
+            continue
+        for name, value in sorted(vars(base).items()):
+            function = getattr(value, "__func__", value)  # staticmethod / classmethod
+            if isinstance(value, property):
+                function = value.fget
+            if isinstance(function, types.FunctionType):
+                parts.append(f"{base.__qualname__}.{name}:{_code_identity(function.__code__)}")
+            elif not name.startswith("__") and isinstance(value, (*_PLAIN, tuple, list, dict)):
+                parts.append(f"{base.__qualname__}.{name}={_attribute_identity(value)}")
+    return "\n".join(parts)
+
+
+def module_config(module: nn.Module) -> tuple[str, str]:
+    """(hash of the configuration, what has no stable identity or "") of ``module``.
+
+    The configuration is, for every submodule: its class (with the code of classes outside torch,
+    torchvision, timm and torch-fidelity, whose versions key the cache instead: an edited ``forward``
+    is another network), every attribute it keeps besides parameters, buffers and child modules
+    (``mode="max"`` / ``"avg"``), class-level options, and its hooks. Anything without a stable
+    identity (a lambda hook or attribute) is named instead.
     """
     digest = hashlib.sha256(repr(module).encode())
     for path, sub in module.named_modules():
-        digest.update(f"{path}:{type(sub).__module__}.{type(sub).__qualname__}".encode())
+        where = path + "." if path else ""
+        code = _class_identity(type(sub))
+        digest.update(f"{path}:{type(sub).__module__}.{type(sub).__qualname__}:{code}".encode())
+        for hooks in _HOOKS:
+            for hook in getattr(sub, hooks, {}).values():
+                function = getattr(hook, "__func__", hook)
+                text = _function_identity(function) if isinstance(function, types.FunctionType) else None
+                if text is None:
+                    return digest.hexdigest()[:16], f"hook {where}{hooks[1:]} ({getattr(hook, '__qualname__', hook)})"
+                digest.update(f"{hooks}={text}".encode())
         for attr, value in sorted(vars(sub).items()):
             if attr in _MODULE_INTERNALS:
                 continue
             text = _attribute_identity(value)
             if text is None:
-                return digest.hexdigest()[:16], f"attribute {(path + '.' if path else '') + attr}"
+                return digest.hexdigest()[:16], f"attribute {where}{attr}"
             digest.update(f"{attr}={text}".encode())
     return digest.hexdigest()[:16], ""
 

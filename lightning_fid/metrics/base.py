@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -169,6 +170,12 @@ class Metric:
             for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
             if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in ("key", "extractor")
         ]
+        missing = [n for n in dict.fromkeys(names) if not hasattr(self, n)]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} must store each constructor option under an attribute of the "
+                f"same name (they are its identity): missing {missing}"
+            )
         return {n: getattr(self, n) for n in dict.fromkeys(names)}
 
     def identity(self) -> dict[str, Any]:
@@ -213,7 +220,22 @@ class Metric:
 def values_of(metric: Metric, result: Mapping[str, float], run: RunInfo | None = None) -> dict[str, float]:
     """``result`` checked against the keys ``metric`` declares (a metric may not log undeclared keys)."""
     declared = metric.keys(run)
+    if not isinstance(result, Mapping):
+        raise ValueError(f"{metric!r} returned {type(result).__name__}, not a dict of values by key")
     extra = [k for k in result if k not in declared]
     if extra:
         raise ValueError(f"{metric!r} returned keys {extra} it does not declare in keys(): {list(declared)}")
-    return {k: float(result[k]) if k in result else math.nan for k in declared}
+    missing = [k for k in declared if k not in result]
+    if missing:
+        warnings.warn(f"{metric!r} returned no value for {missing}: logging NaN for them", stacklevel=3)
+    out = {}
+    for k in declared:
+        value = result.get(k, math.nan)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            and not (hasattr(value, "numel") and value.numel() == 1)
+        ):
+            raise ValueError(f"{metric!r} returned {type(value).__name__} for {k!r}, not one number")
+        out[k] = float(value)
+    return out

@@ -70,6 +70,8 @@ def resolve_metrics(metrics: str | Metric | Iterable[str | Metric]) -> tuple[Met
             out.append(METRICS[item]())
         elif item == pair[0]:  # both given: one object reports both, at the first one's place
             out.append(_PAIRS[pair]())
+    for metric in out:
+        metric.options()  # every option readable: the identity, the cache key and repr need them
     check_unique_keys(out, RunInfo(num_samples=2))
     return tuple(out)
 

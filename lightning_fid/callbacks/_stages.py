@@ -1,5 +1,6 @@
-"""What a callback may learn from the trainer before it prepares: its loaders, and whether another
-GenerativeMetrics on it would log a key or write a file this one owns."""
+"""What happens before the callback evaluates, stage by stage: the trainer's loaders as named real
+data, the checks of keys and files against sibling callbacks, the preparation, and ``fast_dev_run``,
+under which the callback only runs its dry run."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lightning_fid.callbacks._schedule import check_schedule
 from lightning_fid.engine import Evaluator
 
 
@@ -86,5 +89,48 @@ def check_siblings(callback: Callback, trainer: pl.Trainer) -> None:
             what = f"keys {shared[:6]}" if shared else f"the history file {callback.run.history.file_name}"
             raise ValueError(
                 f"two GenerativeMetrics on one trainer (prefix={callback.prefix!r} and prefix={other.prefix!r}) would "
-                f"both write {what}: give each its own prefix=, e.g. prefix='ema/'"
+                f"both write {what}: give each its own prefix= made of other letters, e.g. prefix='raw/' and "
+                "prefix='ema/'"
             )
+
+
+def fast_dev_run(trainer: pl.Trainer) -> bool:
+    """Whether ``Trainer(fast_dev_run=...)`` is on: then the callback only runs its dry run (as
+    Lightning's own callbacks skip their work under it) and says so once."""
+    return bool(getattr(trainer, "fast_dev_run", False))
+
+
+def start_fit(callback: Callback, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Before training, in the order a user pays for them: what the configuration tells (monitors),
+    then the dry run; the reference pass waits for the schedule check (:func:`start_training`)."""
+    check_monitors_of(callback, trainer)
+    callback.evaluator.check(pl_module)
+    if fast_dev_run(trainer):
+        rank_zero_info(
+            "GenerativeMetrics: fast_dev_run: the dry run checked sampling, ranges and networks; no "
+            "reference pass and no evaluation in this run"
+        )
+
+
+def start_training(callback: Callback, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    """Once the training data is set up: the schedule check, then the (possibly long) reference pass."""
+    check_schedule(callback.cadence, trainer, is_overridden("validation_step", pl_module))
+    if not fast_dev_run(trainer):
+        prepare(callback.evaluator, trainer, pl_module)
+        callback.run.check_resumed_reference(callback.evaluator)
+
+
+def find_legacy_state(checkpoint: dict, state_key: str, prefix: str) -> dict | None:
+    """The callback state a 0.1 checkpoint kept under a key that also named the metrics, or None."""
+    states = checkpoint.get("callbacks") or {}
+    if state_key in states:
+        return None
+    marker = f"'prefix': {prefix!r}"
+    found = [v for k, v in states.items() if k.startswith("GenerativeMetrics{") and marker in k]
+    return found[0] if len(found) == 1 else None
+
+
+def check_monitors_of(callback: Callback, trainer: pl.Trainer) -> None:
+    from lightning_fid.callbacks._monitors import check_monitors
+
+    check_monitors(trainer, set(callback.keys()), callback.cadence)
