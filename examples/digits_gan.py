@@ -220,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
         input_range=(-1, 1),
         cache_dir=out / "stats",
         log_images=36,
+        progress=False,  # the rows printed after each evaluation are the progress
         **extractors,
     )
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", monitor="fid", mode="min", filename="{epoch}-{fid:.3f}")

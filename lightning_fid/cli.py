@@ -1,4 +1,4 @@
-"""``lightning-fid``: fetch weights, compute reference statistics, score folders or .npz files.
+"""lightning-fid: fetch weights, compute reference statistics, score folders or .npz files.
 
 lightning-fid download inception|clip|dinov2 [--dir D]
 lightning-fid stats FOLDER -o ref.npz [--extractor inception|clip|dinov2] [--num N]
@@ -107,7 +107,13 @@ def _side(path: str, metrics: tuple[Metric, ...], slots: Callable[[], list], arg
         stats = load_statistics(path)
         for network in {m.needs.network for m in metrics}:
             name, dim = standard_identity(network)
-            check_identity(stats, name, dim, None, path)
+            try:
+                check_identity(stats, name, dim, None, path)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{exc} (the CLI scores the standard networks' statistics; for your own encoder's, "
+                    "use lightning_fid.metrics.frechet_distance in Python)"
+                ) from None
         return {standard_slot_name(m): stats for m in metrics}
     if not Path(path).is_dir():
         raise ValueError(f"{path} is neither an image folder nor an .npz statistics file")
@@ -177,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extractor", choices=NETWORKS, default="inception", help="the network (default: inception)")
     p.set_defaults(func=_cmd_stats)
 
-    p = sub.add_parser("score", help="FID / KID / CMMD between two image folders or .npz files")
+    p = sub.add_parser("score", help="any metric between two image folders, or Fréchet distances between .npz files")
     p.add_argument("a", help="reference: image folder or .npz")
     p.add_argument("b", help="generated: image folder or .npz")
     p.add_argument("--metrics", default="fid", help=f"comma-separated, from {','.join(METRICS)} (default: fid)")
@@ -196,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument(
                 f"--{network}-weights", help=f"explicit {network} weights file (default: cache or download)"
             )
-        sp.add_argument("--num", type=int, help="use only the first N images (sorted by path)")
+        sp.add_argument(
+            "--num", type=int, help="use only the first N images of a folder, sorted by path (default: all)"
+        )
         sp.add_argument("--batch-size", type=int, default=50, help="images per extractor batch (default: 50)")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         sp.add_argument("--device", default=device, help=f"torch device for the networks (default here: {device})")
@@ -213,7 +221,7 @@ def _check_args(args: argparse.Namespace) -> None:
         if any(m.needs.per_class for m in _metrics(args)):
             raise ValueError(
                 "per-class metrics need class labels, which image folders do not carry; "
-                "use GenerativeMetrics(label_key=..., conditions=...) from Python"
+                "use GenerativeMetrics(real=RealData(..., label_key=...), conditions=...) from Python"
             )
     if getattr(args, "device", None) is not None:
         try:

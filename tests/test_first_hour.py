@@ -24,7 +24,10 @@ def test_bf16_true_weights_with_float32_noise_are_explained_in_the_dry_run(tmp_p
         return module(torch.randn(batch_size, 8, generator=generator).to(module.device))
 
     cb = make_callback(tmp_path, metrics=("fid",), sample_fn=readme_sample)
-    with pytest.raises(ValueError, match=r"weights are \['torch.bfloat16'\] .* cast the noise .*module.dtype"):
+    with pytest.raises(
+        ValueError,
+        match=r"weights are torch.bfloat16, as with Trainer\(precision='bf16-true'\).* cast the noise .*module.dtype",
+    ):
         cb.evaluate(TinyGAN().to(torch.bfloat16))
 
     def fixed(module, batch_size, generator):  # the pattern README shows

@@ -757,7 +757,7 @@ def test_adding_a_metric_on_resume_keeps_the_history_and_warns(tmp_path):
     _fit(tmp_path / "a", metrics=("fid",), extra=(ckpt,), trainer_kw={"enable_checkpointing": True})
     resumed = make_callback(tmp_path, metrics=("fid", KID(subsets=4, subset_size=10)))
     trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "b", max_epochs=3))
-    with pytest.warns(UserWarning, match=r"the checkpoint evaluated \[\]; the constructor's \['KID"):
+    with pytest.warns(UserWarning, match=r"the checkpoint evaluated no other metric; the constructor's \['KID"):
         trainer.fit(TinyGAN(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
     assert [e["epoch"] for e in resumed.history] == [0, 1, 2] and "kid" in resumed.history[-1]
 
@@ -828,3 +828,13 @@ def test_the_cli_refuses_num_with_statistics_files(tmp_path, capsys):
     path = _npz(tmp_path, dim=2048, extractor="inception-v3-tf-2015-12-05")
     assert cli.main(["score", path, path, "--num", "10"]) == 2
     assert "--num 10 selects images of a folder" in capsys.readouterr().err
+
+
+def test_resuming_without_a_cached_reference_says_it_cannot_tell(tmp_path):
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    _fit(tmp_path / "a", metrics=("fid",), use_cache=False, extra=(ckpt,), trainer_kw={"enable_checkpointing": True})
+    resumed = make_callback(tmp_path, metrics=("fid",), use_cache=False)
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(tmp_path / "b", max_epochs=3))
+    with pytest.warns(UserWarning, match="resuming without a cached reference .* cannot be told"):
+        trainer.fit(TinyGAN(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    assert len(resumed.history) == 3

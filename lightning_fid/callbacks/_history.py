@@ -182,8 +182,8 @@ def restore_state(
     if all(isinstance(m, str) for m in saved_metrics):  # a checkpoint of lightning_fid 0.1: metric names only
         metrics = [m["key"] for m in metrics]
     if saved_metrics != metrics:
-        old = [_describe(m) for m in saved_metrics if m not in metrics]
-        new = [_describe(m) for m in metrics if m not in saved_metrics]
+        old = [_describe(m) for m in saved_metrics if m not in metrics] or "no other metric"
+        new = [_describe(m) for m in metrics if m not in saved_metrics] or "no other metric"
         rank_zero_warn(
             f"GenerativeMetrics: the checkpoint evaluated {old}; the constructor's {new} win, so the "
             "history mixes both (values before and after the resume are not comparable)"

@@ -99,7 +99,13 @@ class RunState:
         """After a resume, once the reference is resolved: another reference (other real data, reading or
         networks) makes values before and after incomparable: say so, and ``best`` starts afresh."""
         old, new = self.resumed_reference, evaluator.reference.key if evaluator.reference is not None else None
-        if old and new and old != new and not (old.startswith("uncached") and new.startswith("uncached")):
+        if old and new and (old.startswith("uncached") or new.startswith("uncached")):
+            rank_zero_warn(
+                "GenerativeMetrics: resuming without a cached reference (use_cache=False, or a reading "
+                "with no stable identity): whether the checkpoint's evaluations used the same real data, "
+                "reading and networks cannot be told; values before and after compare only if they did"
+            )
+        elif old and new and old != new:
             rank_zero_warn(
                 "GenerativeMetrics: the checkpoint's evaluations were scored against another reference "
                 "(other real data, reading or networks): values before and after the resume are not "

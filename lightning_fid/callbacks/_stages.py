@@ -114,8 +114,8 @@ def start_fit(callback: Callback, trainer: pl.Trainer, pl_module: pl.LightningMo
 
 def start_training(callback: Callback, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
     """Once the training data is set up: the schedule check, then the (possibly long) reference pass."""
-    check_schedule(callback.cadence, trainer, is_overridden("validation_step", pl_module))
-    if not fast_dev_run(trainer):
+    if not fast_dev_run(trainer):  # its one or few steps say nothing about the schedule
+        check_schedule(callback.cadence, trainer, is_overridden("validation_step", pl_module))
         prepare(callback.evaluator, trainer, pl_module)
         callback.run.check_resumed_reference(callback.evaluator)
 

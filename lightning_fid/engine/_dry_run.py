@@ -31,9 +31,9 @@ def _sample(sampler: Sampler, module: nn.Module, size: int, seed: int, condition
             "dtype" in str(exc).lower() or "scalar type" in str(exc).lower()
         ) and dtypes:  # e.g. Trainer(precision="bf16-true"): float32 noise, bf16 weights
             raise ValueError(
-                f"the sampler failed with {exc!r}: the module's weights are {sorted(map(str, dtypes))} (a 'true' "
-                "precision such as Trainer(precision='bf16-true'?) but its noise is float32; cast the noise to the "
-                "module's dtype: torch.randn(n, z_dim, generator=generator).to(module.device, module.dtype)"
+                f"the sampler failed ({exc}): the module's weights are {', '.join(sorted(map(str, dtypes)))}, as with "
+                "Trainer(precision='bf16-true'), but its noise is float32; cast the noise to the module's dtype: "
+                "torch.randn(n, z_dim, generator=generator).to(module.device, module.dtype)"
             ) from exc
         raise
     return images.detach()

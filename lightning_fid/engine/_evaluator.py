@@ -276,8 +276,8 @@ class Evaluator:
                     warnings.warn(message, stacklevel=2)
                 return self.scorer.nan_values(), None
             if fake.stats is None:
-                epoch = getattr(module, "current_epoch", 0)
-                warn_rank_zero(f"epoch {epoch}: the generator produced NaN/inf images; logging NaN for {self.keys()}")
+                when = f"epoch {getattr(module, 'current_epoch', 0)}, step {getattr(module, 'global_step', 0)}"
+                warn_rank_zero(f"{when}: the generator produced NaN/inf images; logging NaN for {self.keys()}")
                 return self.scorer.nan_values(), fake.grid
             return self.scorer.score(self.reference.stats, fake.stats, strict, self._progress()), fake.grid
 
