@@ -403,9 +403,14 @@ def test_a_metric_that_raises_during_training_is_nan_and_the_others_still_log(tm
     assert all(math.isfinite(e["fid"]) for e in cb.history)
 
 
-def test_an_unwritable_history_file_warns_and_keeps_the_history(tmp_path):
-    (tmp_path / "lightning_fid_history.json").mkdir()  # a folder where the file should go
-    with pytest.warns(UserWarning, match="cannot write the evaluation history"):
+def test_an_unwritable_history_file_warns_and_keeps_the_history(tmp_path, monkeypatch):
+    from lightning_fid.callbacks import _history
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_history, "atomic_write", disk_full)
+    with pytest.warns(UserWarning, match="cannot write the evaluation history .*No space left on device"):
         cb = _fit(tmp_path, metrics=("fid",))
     assert len(cb.history) == 2
 
@@ -838,3 +843,25 @@ def test_resuming_without_a_cached_reference_says_it_cannot_tell(tmp_path):
     with pytest.warns(UserWarning, match="resuming without a cached reference .* cannot be told"):
         trainer.fit(TinyGAN(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
     assert len(resumed.history) == 3
+
+
+def test_runs_in_one_folder_never_overwrite_each_others_history_and_a_resume_keeps_its_file(tmp_path):
+    import json
+
+    first = _fit(tmp_path, metrics=("fid",))
+    with pytest.warns(
+        UserWarning,
+        match="lightning_fid_history.json holds another run's history; this run writes lightning_fid_history-2.json",
+    ):
+        second = _fit(tmp_path, metrics=("fid",), epochs=1)
+    files = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("lightning_fid_history*.json")}
+    assert len(files["lightning_fid_history.json"]["evaluations"]) == len(first.history) == 2
+    assert len(files["lightning_fid_history-2.json"]["evaluations"]) == len(second.history) == 1
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    resumable = tmp_path / "resumable"
+    _fit(resumable, metrics=("fid",), extra=(ckpt,), trainer_kw={"enable_checkpointing": True})
+    resumed = make_callback(resumable, metrics=("fid",))
+    trainer = pl.Trainer(callbacks=[resumed], **trainer_kwargs(resumable, max_epochs=3))
+    trainer.fit(TinyGAN(), *loaders(), ckpt_path=str(tmp_path / "ckpt" / "epoch=1.ckpt"))
+    saved = json.loads((resumable / "lightning_fid_history.json").read_text())
+    assert len(saved["evaluations"]) == 3 and not (resumable / "lightning_fid_history-2.json").exists()

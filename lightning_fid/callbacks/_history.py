@@ -49,6 +49,8 @@ class History:
         self.name = name
         self.token = uuid.uuid4().hex
         self.owner_pid = os.getpid()  # the process that made the callback (spawned copies keep it)
+        self.run_id = uuid.uuid4().hex  # this fit's: a resumed fit takes it back from the checkpoint
+        self._log_path: Path | None = None  # the file this run writes in the output folder, once chosen
         self._entries: list[dict[str, Any]] = []
         self._final: dict[str, float] = {}
 
@@ -90,6 +92,8 @@ class History:
         """Forget every evaluation and final value (a new run)."""
         self._entries = []
         self._final = {}
+        self.run_id = uuid.uuid4().hex
+        self._log_path = None
 
     def replace(self, entries: list[dict[str, Any]]) -> None:
         """Set the entries (from a checkpoint)."""
@@ -111,6 +115,22 @@ class History:
         self._final = dict(values)
         self._write(trainer)
 
+    def _own_file(self, path: Path | None) -> Path | None:
+        """``path``, or the next free ``..-2.json``, ``..-3.json`` when another run's history is there (runs
+        in one folder without a logger's versions): a run never overwrites another's history."""
+        if path is None or self._log_path is not None and self._log_path.parent == path.parent:
+            return self._log_path if path is not None else None
+        candidate, n = path, 1
+        while candidate.exists() and _run_of(candidate) != self.run_id:
+            n += 1
+            candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if candidate != path:
+            warnings.warn(
+                f"lightning_fid: {path} holds another run's history; this run writes {candidate.name}", stacklevel=4
+            )
+        self._log_path = candidate
+        return candidate
+
     def _write(self, trainer: pl.Trainer | None) -> None:
         if trainer is None:
             return
@@ -118,10 +138,12 @@ class History:
         if not trainer.is_global_zero:
             return
         payload = {
+            "run": self.run_id,
             "evaluations": [{k: _jsonable(v) for k, v in e.items()} for e in self._entries],
             "final": {k: _jsonable(v) for k, v in self._final.items()},
         }
         text = json.dumps(payload, indent=1)
+        log_file = self._own_file(log_file)
         spawned = os.getpid() != self.owner_pid  # the launching process reads this file back
         for path in [p for p in (log_file, self.spawn_file if spawned else None) if p is not None]:
             try:
@@ -133,6 +155,13 @@ class History:
                     "are still logged and kept in the callback's history",
                     stacklevel=3,
                 )
+
+
+def _run_of(path: Path) -> str | None:
+    try:
+        return json.loads(path.read_text()).get("run")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def output_folder(trainer: pl.Trainer) -> Path | None:

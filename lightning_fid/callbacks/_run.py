@@ -86,6 +86,7 @@ class RunState:
             "num_samples": evaluator.num_samples,
             "metrics": [m.identity() for m in evaluator.metrics],
             "real_key": evaluator.reference.key if evaluator.reference is not None else None,
+            "run_id": self.history.run_id,
         }
 
     def load_state_dict(self, state: dict[str, Any], evaluator: Evaluator) -> None:
@@ -94,6 +95,8 @@ class RunState:
         history, self.best, evaluator.seed = restore_state(state, evaluator.seed, identities, evaluator.num_samples)
         self.history.replace(history)
         self.resumed_reference = state.get("real_key")
+        if isinstance(state.get("run_id"), str):  # the same run continues: the same history file
+            self.history.run_id = state["run_id"]
 
     def check_resumed_reference(self, evaluator: Evaluator) -> None:
         """After a resume, once the reference is resolved: another reference (other real data, reading or
