@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lightning_fid.callbacks._monitors import check_monitors
 from lightning_fid.callbacks._schedule import check_schedule
 from lightning_fid.engine import Evaluator
 
@@ -103,7 +104,7 @@ def fast_dev_run(trainer: pl.Trainer) -> bool:
 def start_fit(callback: Callback, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
     """Before training, in the order a user pays for them: what the configuration tells (monitors),
     then the dry run; the reference pass waits for the schedule check (:func:`start_training`)."""
-    check_monitors_of(callback, trainer)
+    check_monitors(trainer, set(callback.keys()), callback.cadence)
     callback.evaluator.check(pl_module)
     if fast_dev_run(trainer):
         rank_zero_info(
@@ -128,9 +129,3 @@ def find_legacy_state(checkpoint: dict, state_key: str, prefix: str) -> dict | N
     marker = f"'prefix': {prefix!r}"
     found = [v for k, v in states.items() if k.startswith("GenerativeMetrics{") and marker in k]
     return found[0] if len(found) == 1 else None
-
-
-def check_monitors_of(callback: Callback, trainer: pl.Trainer) -> None:
-    from lightning_fid.callbacks._monitors import check_monitors
-
-    check_monitors(trainer, set(callback.keys()), callback.cadence)

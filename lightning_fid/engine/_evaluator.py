@@ -26,7 +26,7 @@ from lightning_fid.engine._reference import Reference, is_statistics_file, resol
 from lightning_fid.engine._sampling import SampleFn, make_sampler
 from lightning_fid.engine._scoring import Scorer, warn_rank_zero
 from lightning_fid.engine._slots import Slot, build_slots
-from lightning_fid.metrics.base import Metric, RunInfo
+from lightning_fid.metrics.base import Metric, RunInfo, check_int
 from lightning_fid.metrics.catalog import resolve_metrics
 
 
@@ -36,12 +36,6 @@ def module_device(module: nn.Module) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return next((p.device for p in module.parameters()), torch.device("cpu"))
-
-
-def _positive(value: Any, name: str, least: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
-        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
-    return value
 
 
 def count_classes(conditions: Any, label_key: Any) -> int:
@@ -108,10 +102,10 @@ class Evaluator:
         self.real = as_real_data(real)
         if isinstance(num_samples, int) and num_samples < 2:
             raise ValueError(f"num_samples={num_samples}: metrics need at least 2 generated samples")
-        self.num_samples = _positive(num_samples, "num_samples", 2)
-        self.batch_size = _positive(batch_size, "batch_size")
+        self.num_samples = check_int(num_samples, "num_samples", 2)
+        self.batch_size = check_int(batch_size, "batch_size", 1)
         parse_range(input_range)
-        if final_num_samples is not None and _positive(final_num_samples, "final_num_samples", 2) < num_samples:
+        if final_num_samples is not None and check_int(final_num_samples, "final_num_samples", 2) < num_samples:
             raise ValueError("final_num_samples should be larger than num_samples (it is the end-of-fit evaluation)")
         if not isinstance(grid_size, int) or not 0 <= grid_size <= batch_size:
             raise ValueError(f"log_images must be between 0 and batch_size={batch_size}, got {grid_size!r}")
