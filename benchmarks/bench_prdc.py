@@ -1,19 +1,22 @@
-"""k-NN metrics: time and peak extra memory vs torch-fidelity's PRC and the prdc package, same features.
+"""k-NN metrics vs torch-fidelity's PRC and the prdc package: time, values and memory, same features.
 
-    python benchmarks/bench_prdc.py [--n 2500,5000,10000] [--d 2048] [--budget-gb 8] [--device cpu|cuda]
+    python benchmarks/bench_prdc.py [--n 10000] [--d 2048] [--repeats 2]   # timing, all in this process
+    python benchmarks/bench_prdc.py --large [--n 50000]                   # a measured 50k x 50k run
 
-Each run is a child process given N real and N generated float32 features (seeded, identical for
-every implementation, non-negative and near a low-dimensional manifold like network features). Peak extra memory = peak RSS (sampled every 2 ms) minus the RSS
-once the features exist. Pairs compared on the same values:
+Features: N real and N generated float32 rows (seeded, identical for every implementation,
+non-negative and near a 64-dimensional manifold like network features).
 
-- ``precision_recall_density_coverage(k=5)`` vs ``prdc.compute_prdc(k=5)`` (all four metrics);
-- ``precision_recall(k=3)`` vs torch-fidelity's ``prc_features_to_metric`` (k=3, its default
-  ``save_cpu_ram=False``: full N x N matrices).
+Timing mode runs, interleaved in this one process (best of ``--repeats``):
+- ``precision_recall(k=3)`` (float32 screening, the default) and with ``products="float64"``, against
+  torch-fidelity's ``prc_features_to_metric`` (k=3, its default ``save_cpu_ram=False``);
+- ``precision_recall_density_coverage(k=5)`` against ``prdc.compute_prdc(nearest_k=5)``;
+and prints the ratios (their time / ours) and whether the values are equal.
 
-A reference run is skipped when the fit of its smaller runs predicts more than ``--budget-gb``. The
-last table extrapolates each implementation to 50,000 x 50,000: memory as a + b N^2 fitted to the
-references' runs; ours holds block_size^2 buffers (bounded once N >= block_size) plus ~(k + 4) float64
-per sample; time as c N^2 from the largest run (all are O(N^2 d) arithmetic).
+``--large`` runs ``precision_recall(k=3)`` once at N x N in a child process and reports its time and
+peak extra resident memory (RSS sampled every 2 ms, minus the RSS once the features exist), next to
+the memory torch-fidelity and prdc would need at that N: their N x N allocations read from their code
+(the formulas are below), checked against peaks measured at N = 4000 and 8000 (RSS for torch's
+allocations, tracemalloc for numpy's; RSS under-counts when freed pages are reused).
 """
 
 from __future__ import annotations
@@ -26,11 +29,9 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 
-import numpy as np
 import torch
-
-PAIRS = {"prdc": ("ours-prdc", "prdc"), "prc": ("ours-pr3", "torch-fidelity")}
 
 
 def _rss_mb() -> float:
@@ -38,7 +39,11 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _features(n: int, d: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def features(n: int, d: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Non-negative features near a 64-dimensional manifold (as network features are), the generated
     set slightly wider and shifted: every metric lands well inside (0, 1)."""
     g = torch.Generator().manual_seed(0)
@@ -48,36 +53,86 @@ def _features(n: int, d: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return real.to(device), fake.to(device)
 
 
-def _load(impl: str):
-    """The implementation as fn(real, fake) -> values; imports happen here, outside the measurement."""
-    if impl == "ours-prdc":
-        from lightning_fid.metrics.prdc import precision_recall_density_coverage
-
-        return lambda real, fake: precision_recall_density_coverage(real, fake, k=5)
-    if impl == "ours-pr3":
-        from lightning_fid.metrics.prdc import precision_recall
-
-        return lambda real, fake: dict(zip(("precision", "recall"), precision_recall(real, fake, k=3)))
-    if impl == "prdc":
-        from prdc import compute_prdc
-
-        def run(real, fake):
-            out = compute_prdc(real.cpu().numpy(), fake.cpu().numpy(), nearest_k=5)
-            return {key: float(value) for key, value in out.items()}
-
-        return run
+def implementations() -> dict:
+    """name -> fn(real, fake) -> dict of values; imports happen here, outside any measurement."""
+    from prdc import compute_prdc
     from torch_fidelity.metric_prc import prc_features_to_metric
 
-    def run_tf(real, fake):  # torch-fidelity's convention: features_1 generated, features_2 real
+    from lightning_fid.metrics.prdc import precision_recall, precision_recall_density_coverage
+
+    def tf(real, fake):  # torch-fidelity's convention: features_1 generated, features_2 real
         out = prc_features_to_metric(fake, real, prc_neighborhood=3, prc_batch_size=10000, verbose=False)
         return {"precision": out["precision"], "recall": out["recall"]}
 
-    return run_tf
+    def prdc(real, fake):
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # it prints the set sizes
+            out = compute_prdc(real.cpu().numpy(), fake.cpu().numpy(), nearest_k=5)
+        return {key: float(value) for key, value in out.items()}
+
+    return {
+        "ours pr k=3": lambda r, f: dict(zip(("precision", "recall"), precision_recall(r, f, 3))),
+        "ours pr k=3 float64": lambda r, f: dict(
+            zip(("precision", "recall"), precision_recall(r, f, 3, products="float64"))
+        ),
+        "torch-fidelity prc k=3": tf,
+        "ours prdc k=5": lambda r, f: precision_recall_density_coverage(r, f, 5),
+        "prdc k=5": prdc,
+    }
 
 
-def child(impl: str, n: int, d: int, device: str) -> None:
-    run = _load(impl)
-    real, fake = _features(n, d, device)
+def timing(n: int, d: int, repeats: int) -> None:
+    real, fake = features(n, d)
+    impls = implementations()
+    best: dict[str, float] = {}
+    values: dict[str, dict] = {}
+    print(f"N={n} d={d}, torch {torch.__version__}, {os.cpu_count()} CPUs; load average before: {_load()}")
+    for rep in range(repeats):
+        for name, fn in impls.items():
+            start = time.perf_counter()
+            values[name] = fn(real, fake)
+            seconds = time.perf_counter() - start
+            best[name] = min(best.get(name, float("inf")), seconds)
+            print(f"  run {rep + 1} {name:24s} {seconds:8.2f} s", flush=True)
+    print(f"load average after: {_load()}\n")
+    for name in impls:
+        shown = " ".join(f"{k}={v:.6f}" for k, v in values[name].items())
+        print(f"{name:24s} best {best[name]:8.2f} s   {shown}")
+    ours, ours64, tf = values["ours pr k=3"], values["ours pr k=3 float64"], values["torch-fidelity prc k=3"]
+    counts = {k: (round(ours[k] * n), round(tf[k] * n)) for k in ours}
+    print(
+        f"\nprecision/recall k=3: torch-fidelity time / ours = x{best['torch-fidelity prc k=3'] / best['ours pr k=3']:.2f}"
+        f"  (float64 screening: x{best['torch-fidelity prc k=3'] / best['ours pr k=3 float64']:.2f};"
+        f" float32 / float64 screening time: {best['ours pr k=3'] / best['ours pr k=3 float64']:.2f})"
+    )
+    print(f"  float32 == float64 screening: {ours == ours64}")
+    print(
+        f"  sample counts ours vs torch-fidelity (it averages 0/1 in float32): {counts}; equal: {all(a == b for a, b in counts.values())}"
+    )
+    mine, theirs = values["ours prdc k=5"], values["prdc k=5"]
+    same = all(mine[k] == theirs[k] for k in ("precision", "recall", "coverage"))
+    same = same and abs(mine["density"] - theirs["density"]) <= 1e-12 * abs(theirs["density"])
+    print(f"precision/recall/density/coverage k=5: prdc time / ours = x{best['prdc k=5'] / best['ours prdc k=5']:.2f}")
+    print(f"  equal values (exact fractions; density to 1e-12, one rounding apart): {same}")
+
+
+# --- memory at large N --------------------------------------------------------------------------
+
+PEERS = {
+    # torch-fidelity 0.4 metric_prc.calculate_precision_recall_full: calc_cdist_full returns the N x N
+    # float32 matrix (4 N^2; while torch.cat builds it, its row strips are alive too: 8 N^2), then
+    # .kthvalue() on it, whose CPU kernel clones the input (4 N^2) and allocates an int64 index array
+    # of the same shape (8 N^2): 16 N^2 bytes. The later dist_2_1 phase needs 4 N^2 + two N^2 masks.
+    "torch-fidelity prc (save_cpu_ram=False)": 16,
+    # prdc 0.2 compute_nearest_neighbour_distances: sklearn's pairwise_distances fills one N x N float32
+    # matrix (4 N^2), then get_kth_value's np.argpartition returns an N x N int64 index array (8 N^2).
+    "prdc compute_prdc": 12,
+}
+
+
+def child(name: str, n: int, d: int) -> None:
+    """Run one implementation at N and print its time, values and peak extra RSS as JSON."""
+    real, fake = features(n, d)
+    fn = implementations()[name]
     base, peak, stop = _rss_mb(), [0.0], threading.Event()
 
     def sample() -> None:
@@ -87,100 +142,76 @@ def child(impl: str, n: int, d: int, device: str) -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    tracemalloc.start()  # sees numpy's allocations (not torch's)
     start = time.perf_counter()
-    with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # prdc prints its set sizes
-        values = run(real, fake)
-    if device == "cuda":
-        torch.cuda.synchronize()
+    values = fn(real, fake)
     seconds = time.perf_counter() - start
+    traced = tracemalloc.get_traced_memory()[1] / 2**20
     stop.set()
     sampler.join()
-    gpu = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
-    print(json.dumps({"values": values, "seconds": seconds, "extra_mb": peak[0] - base, "gpu_mb": gpu}))
+    extra = max(peak[0], _rss_mb()) - base
+    print(json.dumps({"values": values, "seconds": seconds, "extra_mb": extra, "traced_mb": traced}))
 
 
-def measure(impl: str, n: int, d: int, device: str) -> dict:
-    cmd = [sys.executable, __file__, "--child", impl, "--n", str(n), "--d", str(d), "--device", device]
+def measure(name: str, n: int, d: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--n", str(n), "--d", str(d)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+        return {"error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def fit(ns: list[int], ys: list[float], power: int) -> tuple[float, float]:
-    """Least-squares a, b of y = a + b n^power (b only when there is one point)."""
-    x = np.asarray(ns, dtype=np.float64) ** power
-    y = np.asarray(ys, dtype=np.float64)
-    if len(x) < 2:
-        return 0.0, float(y[0] / x[0])
-    b, a = np.polyfit(x, y, 1)
-    return float(a), float(b)
+def large(n: int, d: int, check_n: int) -> None:
+    print(f"N={n} x {n}, d={d}, precision_recall(k=3), float32 screening; load average before: {_load()}", flush=True)
+    ours = measure("ours pr k=3", n, d)
+    print(f"load average after: {_load()}")
+    if "error" in ours:
+        print(f"  ours: {ours['error']}")
+        return
+    print(
+        f"  ours: {ours['seconds']:.0f} s ({ours['seconds'] / 60:.1f} min), peak extra RSS {ours['extra_mb']:.0f} MB"
+        f" ({ours['extra_mb'] / 1024:.2f} GiB; target < 1 GiB); precision={ours['values']['precision']:.6f}"
+        f" recall={ours['values']['recall']:.6f}"
+    )
+    print(f"\nWhat the references need at N={n} (their N x N allocations, from their code):")
+    for peer, bytes_per_pair in PEERS.items():
+        print(f"  {peer}: {bytes_per_pair} N^2 bytes = {bytes_per_pair * n * n / 2**30:.1f} GiB")
+    sizes = (check_n, 2 * check_n)
+    print(f"Check of those formulas at N={sizes[0]} and {sizes[1]} (child processes): bytes per N^2 fitted as")
+    print("(peak2 - peak1) / (N2^2 - N1^2), from the peak extra RSS and from tracemalloc (numpy's allocations only):")
+    for peer, impl in (
+        ("torch-fidelity prc (save_cpu_ram=False)", "torch-fidelity prc k=3"),
+        ("prdc compute_prdc", "prdc k=5"),
+    ):
+        runs = [measure(impl, m, d) for m in sizes]
+        if any("error" in r for r in runs):
+            print(f"  {peer}: {[r.get('error') for r in runs]}")
+            continue
+        fit = {
+            key: (runs[1][key] - runs[0][key]) * 2**20 / (sizes[1] ** 2 - sizes[0] ** 2)
+            for key in ("extra_mb", "traced_mb")
+        }
+        print(
+            f"  {peer}: RSS peaks {runs[0]['extra_mb']:.0f} / {runs[1]['extra_mb']:.0f} MB -> {fit['extra_mb']:.1f};"
+            f" tracemalloc {runs[0]['traced_mb']:.0f} / {runs[1]['traced_mb']:.0f} MB -> {fit['traced_mb']:.1f}"
+            f" (formula {PEERS[peer]})"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", default="2500,5000,10000")
+    parser.add_argument("--n", type=int, default=None)
     parser.add_argument("--d", type=int, default=2048)
-    parser.add_argument("--budget-gb", type=float, default=8.0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--large", action="store_true", help="measured run at --n (default 50000); minutes")
+    parser.add_argument("--check-n", type=int, default=4000, help="--large checks the peers' formulas at N and 2N")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        return child(args.child, int(args.n), args.d, args.device)
-    ns = [int(v) for v in args.n.split(",")]
-    budget_mb = args.budget_gb * 1024
-    print(
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs, threads {torch.get_num_threads()}, d={args.d}, {args.device}"
-    )
-    results: dict[str, dict[int, dict]] = {}
-    for n in ns:
-        for ours, theirs in PAIRS.values():
-            for impl in (ours, theirs):
-                runs = results.setdefault(impl, {})
-                done = [m for m in runs if "extra_mb" in runs[m]]
-                a, b = fit(done, [runs[m]["extra_mb"] for m in done], 2) if done else (0.0, 0.0)
-                if impl == theirs and done and a + b * n * n > budget_mb:
-                    runs[n] = {"error": f"skipped: predicted {(a + b * n * n) / 1024:.1f} GiB > budget"}
-                else:
-                    runs[n] = measure(impl, n, args.d, args.device)
-                r = runs[n]
-                if "error" in r:
-                    print(f"N={n:>6} {impl:>15}: {r['error']}")
-                    continue
-                vals = " ".join(f"{k}={v:.6f}" for k, v in r["values"].items())
-                gpu = f", GPU peak {r['gpu_mb']:.0f} MB" if r["gpu_mb"] is not None else ""
-                print(
-                    f"N={n:>6} {impl:>15}: {r['seconds']:8.1f} s, peak extra RSS {r['extra_mb']:8.0f} MB{gpu}  {vals}"
-                )
-        for ours, theirs in PAIRS.values():
-            a, b = results[ours][n], results[theirs][n]
-            if "error" not in a and "error" not in b:
-                same = all(abs(a["values"][k] - b["values"][k]) <= 1e-6 for k in b["values"])
-                print(
-                    f"  {ours} vs {theirs}: time x{b['seconds'] / a['seconds']:.2f}, memory "
-                    f"x{b['extra_mb'] / max(a['extra_mb'], 1.0):.1f} (>1: ours better); same values: {same}"
-                )
-    target = 50_000
-    print(f"\nExtrapolated to {target:,} x {target:,} at d={args.d} (fits of the runs above):")
-    for impl, runs in results.items():
-        done = sorted(m for m in runs if "extra_mb" in runs[m])
-        if not done:
-            continue
-        largest = done[-1]
-        if impl.startswith("ours"):  # block_size^2 buffers plus ~(k + 4) float64 per sample: linear in N
-            a, b = runs[largest]["extra_mb"], 0.0
-            mem = a + (target - largest) * 9 * 8 / 2**20
-        else:
-            a, b = fit(done, [runs[m]["extra_mb"] for m in done], 2)
-            mem = a + b * target**2
-        secs = runs[largest]["seconds"] * (target / largest) ** 2
-        fits = "fits" if mem <= budget_mb else "does NOT fit"
-        line = f"  {impl:>15}: ~{mem / 1024:7.1f} GiB extra ({fits} in {args.budget_gb:g} GiB), ~{secs / 60:6.1f} min"
-        if not impl.startswith("ours") and b > 0:
-            line += f"; largest N within budget ~{int(((budget_mb - a) / b) ** 0.5):,}"
-        print(line)
+        return child(args.child, args.n, args.d)
+    if args.large:
+        return large(args.n or 50_000, args.d, args.check_n)
+    timing(args.n or 10_000, args.d, args.repeats)
 
 
 if __name__ == "__main__":

@@ -109,15 +109,19 @@ def test_results_do_not_depend_on_block_size_or_precision():
 
 
 def test_torch_code_path_used_on_accelerators_agrees(monkeypatch):
-    """GPUs run the block arithmetic through torch instead of numpy: exercise that path on the CPU."""
-    from lightning_fid.metrics import prdc as module
+    """GPUs run the block arithmetic through torch instead of numpy: exercise that path on the CPU,
+    float32 screening (with candidates and undecided entries) and float64 screening alike."""
+    from lightning_fid.metrics import _blocks
 
     real, fake = _sets(seed=8)
-    radii = knn_radii(real, 3, block_size=40)
-    expected = precision_recall(real, fake, block_size=40), density_coverage(real, fake, block_size=40)
-    monkeypatch.setattr(module, "_library", lambda device: torch)
-    torch.testing.assert_close(knn_radii(real, 3, block_size=40), radii, rtol=1e-12, atol=0)
-    assert (precision_recall(real, fake, block_size=40), density_coverage(real, fake, block_size=40)) == expected
+    kw = dict(block_size=120)
+    radii = knn_radii(real, 3, **kw)
+    expected = precision_recall_density_coverage(real, fake, 3, **kw)
+    monkeypatch.setattr(_blocks, "library", lambda device: torch)
+    # the exact values are one fixed sequence of IEEE float64 operations in either library: same bits
+    assert torch.equal(knn_radii(real, 3, **kw), radii)
+    assert precision_recall_density_coverage(real, fake, 3, **kw) == expected
+    assert precision_recall_density_coverage(real, fake, 3, products="float64", **kw) == expected
 
 
 def test_cached_real_radii_give_identical_values():

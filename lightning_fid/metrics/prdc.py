@@ -6,17 +6,24 @@ included"). The references build full N x N distance matrices (50k samples: 20 G
 nothing larger than ``block_size`` x ``block_size`` is ever held:
 
 - radii: block pairs (i, j >= i) of the set against itself, each block used for both its rows and its
-  columns, keeping a running top-(k+1) of the smallest squared distances per row;
+  columns, keeping per row the k+1 smallest distances and the candidates that could still be among them;
 - ball tests: blocks of generated rows against real columns, counting per sample how many balls
   contain it.
 
-Distances are float64 throughout: float32 features are upcast one block at a time (exact products, no
-float64 copy of the whole set), the squared distance |a|^2 + |b|^2 - 2 a.b comes from a float64 Gram
-block and float64 norms, is clamped at 0 and square-rooted before any comparison, and a sample's
-distance to itself is exactly 0 (to a duplicate: ~1e-8 |a|, as in prdc's scikit-learn distances). Block
-boundaries depend on ``block_size`` only, so results are bit-identical for any number of processes:
-with ``distributed`` (identical features on every rank), block pairs are dealt round-robin, counts are
-summed with one all-reduce and partial top-(k+1) lists are merged after one all-gather.
+Exact at float32 speed. Every decision (which neighbour is the k-th, whether a sample lies in a ball)
+and every radius is that of the exact float64 squared distance |a|^2 + |b|^2 - 2 a.b: products in
+float64, summed in one fixed pairwise order (``_blocks.exact_dots``), so it depends on the two vectors
+only (0 for a sample and its duplicate; the same on any device, block size or thread count, which a
+BLAS float64 product is not: its last bit moves with the matrix shape). Blocks are *screened* with
+float32 matrix products (TF32 off on GPUs) under a rigorous per-entry error bound (``_screen``, where
+the bound is derived), and only entries whose decision could change within the bound are computed
+exactly: typically the k-th neighbour of each sample and a few pairs near a ball's boundary.
+``products="float64"`` screens with float64 products instead: the same values, bit for bit, at float64
+speed (half of float32's on CPUs; 1/32 to 1/64 on GeForce GPUs, by their specifications). Features
+float32 cannot bound safely (squared norms above 2^80) and blocks with too many undecided entries
+(huge norms with tiny differences, heavy ties) are screened in float64 automatically. With ``distributed`` (identical features on every rank), block
+pairs are dealt round-robin, counts summed with one all-reduce, partial candidate lists merged after
+one all-gather: results are bit-identical for any number of processes and any ``block_size``.
 
 Comparisons: precision / recall use ``<=`` (Kynkaenniemi et al.'s code, StyleGAN2-ADA, torch-fidelity);
 density / coverage and :func:`precision_recall_density_coverage` use ``<`` (the ``prdc`` package).
@@ -25,16 +32,26 @@ They differ only for exact ties.
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 
-from lightning_fid.engine._distributed import Group, all_gather_uneven, all_reduce_packed, rank_and_world
+from lightning_fid.engine._distributed import Group
 from lightning_fid.engine._validation import ArrayLike, as_features, as_tensor, check_same_dim
+from lightning_fid.metrics import _xp as X
+from lightning_fid.metrics._balls import ball_counts
+from lightning_fid.metrics._blocks import DEFAULT_BLOCK_SIZE, Features
+from lightning_fid.metrics._knn import squared_radii
+from lightning_fid.metrics._screen import check_products
 
-DEFAULT_BLOCK_SIZE = 2048
+__all__ = [
+    "DEFAULT_BLOCK_SIZE",
+    "density_coverage",
+    "knn_radii",
+    "precision_recall",
+    "precision_recall_density_coverage",
+]
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -43,60 +60,15 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
     return int(value)
 
 
-def _library(device: torch.device) -> ModuleType:
-    """numpy on the CPU (see kernels.py for why), torch on accelerators."""
-    return np if device.type == "cpu" else torch
+def _options(k: int, block_size: int, distributed: bool, group: Group, products: str) -> tuple[int, dict[str, Any]]:
+    k = _check_int(k, "k", 1)
+    block_size = _check_int(block_size, "block_size", 1)
+    opts = {"block_size": block_size, "distributed": distributed, "group": group, "products": check_products(products)}
+    return k, opts
 
 
-class _Rows:
-    """Features in the array library that computes, handed out as float64 row blocks (float32 features
-    are upcast one block at a time: 50k x 2048 need no 800 MB float64 copy), with float64 squared norms."""
-
-    def __init__(self, x: torch.Tensor, block_size: int) -> None:
-        if x.dtype not in (torch.float32, torch.float64):
-            x = x.to(torch.float64)
-        self.xp = _library(x.device)
-        self.data = x.contiguous().numpy() if self.xp is np else x.contiguous()
-        self.n = x.shape[0]
-        blocks = (self.block(slice(s, s + block_size)) for s in range(0, self.n, block_size))
-        if self.xp is np:
-            self.sq = np.concatenate([np.einsum("ij,ij->i", b, b) for b in blocks])
-        else:
-            self.sq = torch.cat([(b * b).sum(1) for b in blocks])
-
-    def block(self, rows: slice) -> Any:
-        b = self.data[rows]
-        if self.xp is np:
-            return np.ascontiguousarray(b, dtype=np.float64)
-        return b.to(torch.float64).contiguous()
-
-
-def _sq_distances(a: Any, a_sq: Any, b: Any, b_sq: Any, xp: ModuleType, same: bool) -> Any:
-    """(len(a), len(b)) squared distances, clamped at 0; ``same``: b is a, the diagonal is exactly 0."""
-    g = a @ a.T if same else a @ b.T  # a @ a.T is a BLAS syrk in numpy
-    g *= -2.0
-    g += a_sq[:, None]
-    g += b_sq[None, :]
-    if xp is np:
-        np.maximum(g, 0.0, out=g)
-        if same:
-            np.fill_diagonal(g, 0.0)
-    else:
-        g.clamp_(min=0.0)
-        if same:
-            g.fill_diagonal_(0.0)
-    return g
-
-
-def _smallest(v: Any, m: int, xp: ModuleType) -> Any:
-    """The ``m`` smallest values of each row (in no particular order)."""
-    if xp is np:
-        return np.partition(v, m - 1, axis=1)[:, :m]
-    return torch.topk(v, m, dim=1, largest=False, sorted=False).values
-
-
-def _concat(parts: list[Any], xp: ModuleType) -> Any:
-    return np.concatenate(parts, axis=1) if xp is np else torch.cat(parts, dim=1)
+def _radii_of(x: Features, k: int, opts: dict[str, Any]) -> torch.Tensor:
+    return X.sqrt(squared_radii(x, k, **opts))
 
 
 def knn_radii(
@@ -106,121 +78,54 @@ def knn_radii(
     block_size: int = DEFAULT_BLOCK_SIZE,
     distributed: bool = False,
     group: Group = None,
+    products: str = "float32",
 ) -> torch.Tensor:
     """Distance of each sample to its k-th nearest other sample (float64, on the features' device).
 
     Equal to prdc's ``compute_nearest_neighbour_distances`` and to torch-fidelity's
     ``kthvalue(k + 1)`` radii, without an N x N matrix. Duplicated samples count as neighbours (at
-    distance ~0), as in both references. Compute the real set's radii once per run and pass them as
-    ``real_radii=`` to :func:`precision_recall` / :func:`density_coverage`.
+    distance exactly 0). Compute the real set's radii once per run and pass them as ``real_radii=``
+    to :func:`precision_recall` / :func:`density_coverage`.
+
+    Args:
+        features: (N, D) features, N > k.
+        k: the neighbour whose distance is the radius (k >= 1).
+        block_size: rows per block; memory is O(block_size^2), the result does not depend on it.
+        distributed: split the block pairs over the ranks of ``group`` (identical features on each).
+        group: the process group (None: the default group).
+        products: ``"float32"`` (screen with float32 products, the default) or ``"float64"``: the
+            same result, bit for bit; only the time differs.
+
+    Raises:
+        ValueError: bad ``k`` / ``block_size`` / ``products``, too few samples or non-finite features.
     """
-    k = _check_int(k, "k", 1)
-    block_size = _check_int(block_size, "block_size", 1)
+    k, opts = _options(k, block_size, distributed, group, products)
     x = as_features(features, "features", min_samples=k + 1)
-    m = k + 1
-    rows_of = _Rows(x, block_size)
-    xp, n = rows_of.xp, rows_of.n
-    if xp is np:
-        best = np.full((n, m), np.inf)
-    else:
-        best = torch.full((n, m), float("inf"), dtype=torch.float64, device=x.device)
-    rank, world = rank_and_world(group) if distributed else (0, 1)
-    starts = range(0, n, block_size)
-    job = 0
-    for i, s in enumerate(starts):
-        rows = slice(s, s + block_size)
-        a = None
-        for j, t in enumerate(starts):
-            if j < i:
-                continue
-            job += 1
-            if (job - 1) % world != rank:
-                continue
-            cols = slice(t, t + block_size)
-            a = rows_of.block(rows) if a is None else a
-            b = a if i == j else rows_of.block(cols)
-            d = _sq_distances(a, rows_of.sq[rows], b, rows_of.sq[cols], xp, same=i == j)
-            best[rows] = _smallest(_concat([best[rows], d], xp), m, xp)
-            if i != j:  # the same block, read by columns, serves block j's rows
-                best[cols] = _smallest(_concat([best[cols], d.T], xp), m, xp)
-    best = torch.from_numpy(best) if xp is np else best
-    if distributed and world > 1:
-        best = torch.cat(all_gather_uneven(best.to(x.device), group), dim=1)
-    kth = torch.sort(best, dim=1).values[:, k]  # the (k+1)-th smallest, self (0) included
-    return kth.sqrt().to(x.device)
+    return _radii_of(Features(x, opts["block_size"]), k, opts)
 
 
-def _radii(radii: ArrayLike, n: int, name: str, device: torch.device) -> torch.Tensor:
-    r = as_tensor(radii, name)
+def _given_radii(radii: ArrayLike, n: int, device: torch.device) -> torch.Tensor:
+    r = as_tensor(radii, "real_radii")
     if r.ndim != 1 or r.shape[0] != n:
-        raise ValueError(f"{name} must have shape ({n},) (one radius per sample), got {tuple(r.shape)}")
+        raise ValueError(f"real_radii must have shape ({n},) (one radius per sample), got {tuple(r.shape)}")
     if not bool(torch.isfinite(r).all()) or bool((r < 0).any()):
-        raise ValueError(f"{name} must hold finite, non-negative distances")
+        raise ValueError("real_radii must hold finite, non-negative distances")
     return r.to(device=device, dtype=torch.float64)
 
 
-def _ball_counts(
-    real: torch.Tensor,
-    fake: torch.Tensor,
-    real_radii: torch.Tensor,
-    fake_radii: torch.Tensor | None,
-    strict: bool,
-    block_size: int,
-    distributed: bool,
-    group: Group,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per fake: how many real balls contain it; per real: how many fakes its ball contains, and (with
-    ``fake_radii``) how many fake balls contain it. One pass over (fake block, real block) pairs."""
-    r, f = _Rows(real, block_size), _Rows(fake.to(real.device), block_size)
-    xp, rr, fr = r.xp, real_radii, fake_radii
-    if xp is np:
-        rr = rr.cpu().numpy()
-        fr = None if fr is None else fr.cpu().numpy()
-    inside = (np.less if strict else np.less_equal) if xp is np else (torch.lt if strict else torch.le)
-    if xp is np:
-        zeros = np.zeros
-    else:
-        zeros = lambda size: torch.zeros(size, dtype=torch.float64, device=real.device)  # noqa: E731
-    fake_hits, real_hits, real_in_fake = zeros(f.n), zeros(r.n), zeros(r.n)
-    rank, world = rank_and_world(group) if distributed else (0, 1)
-    job = 0
-    for s in range(0, f.n, block_size):
-        rows, a = slice(s, s + block_size), None
-        for t in range(0, r.n, block_size):
-            job += 1
-            if (job - 1) % world != rank:
-                continue
-            cols = slice(t, t + block_size)
-            a = f.block(rows) if a is None else a
-            d = _sq_distances(a, f.sq[rows], r.block(cols), r.sq[cols], xp, same=False)
-            d = np.sqrt(d, out=d) if xp is np else d.sqrt_()
-            hit = inside(d, rr[None, cols])  # fake row inside real column's ball
-            fake_hits[rows] += hit.sum(1)
-            real_hits[cols] += hit.sum(0)
-            if fr is not None:
-                real_in_fake[cols] += inside(d, fr[rows, None]).sum(0)
-    out = [torch.as_tensor(v).to(device=real.device, dtype=torch.float64) for v in (fake_hits, real_hits, real_in_fake)]
-    if distributed and world > 1:
-        out = all_reduce_packed(out, group)
-    return out[0], out[1], out[2]
-
-
-def _inputs(real: ArrayLike, fake: ArrayLike, k: int, block_size: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    k = _check_int(k, "k", 1)
-    block_size = _check_int(block_size, "block_size", 1)
+def _prepare(
+    real: ArrayLike, fake: ArrayLike, k: int, given: ArrayLike | None, fake_balls: bool, opts: tuple[Any, ...]
+) -> tuple[Features, Features, torch.Tensor, int, dict[str, Any]]:
+    """Checked features (as Features), the real radii (given or computed), k and the options."""
+    k, options = _options(k, *opts)
     x = as_features(real, "real_features", min_samples=k + 1)
     y = as_features(fake, "fake_features", min_samples=1)
     check_same_dim(x, y, "real_features", "fake_features")
-    return x, y.to(x.device), k, block_size
-
-
-def _real_radii(
-    x: torch.Tensor, k: int, given: ArrayLike | None, block_size: int, distributed: bool, group: Group
-) -> torch.Tensor:
-    """The real set's k-NN radii: the caller's (checked), or computed now."""
-    if given is None:
-        return knn_radii(x, k, block_size=block_size, distributed=distributed, group=group)
-    return _radii(given, x.shape[0], "real_radii", x.device)
+    if fake_balls and y.shape[0] < k + 1:
+        raise ValueError(f"fake_features needs at least k + 1 = {k + 1} samples for recall, got {y.shape[0]}")
+    r, f = Features(x, options["block_size"]), Features(y.to(x.device), options["block_size"])
+    rr = _radii_of(r, k, options) if given is None else _given_radii(given, x.shape[0], x.device)
+    return r, f, rr, k, options
 
 
 def precision_recall(
@@ -232,19 +137,31 @@ def precision_recall(
     block_size: int = DEFAULT_BLOCK_SIZE,
     distributed: bool = False,
     group: Group = None,
+    products: str = "float32",
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkaenniemi et al. 2019), k = 3 as in the paper.
 
     Precision: fraction of generated samples inside at least one real ball; recall: fraction of real
     samples inside at least one generated ball (``<=``, as torch-fidelity's ``prc`` and StyleGAN2-ADA).
-    ``real_radii``: :func:`knn_radii` of the real features with the same ``k``, to skip recomputing them.
+
+    Args:
+        real_features: (N, D) real features, N > k.
+        fake_features: (M, D) generated features, M > k.
+        k: the neighbour whose distance sets each ball's radius.
+        real_radii: :func:`knn_radii` of the real features with the same ``k`` (computed if None).
+        block_size: rows per block; memory is O(block_size^2), the result does not depend on it.
+        distributed: split the block pairs over the ranks of ``group`` (identical features on each).
+        group: the process group (None: the default group).
+        products: ``"float32"`` (default) or ``"float64"`` screening products: the same result.
+
+    Raises:
+        ValueError: bad options or ``real_radii``, too few samples, non-finite features or
+            different feature dimensions.
     """
-    x, y, k, block_size = _inputs(real_features, fake_features, k, block_size)
-    if y.shape[0] < k + 1:
-        raise ValueError(f"fake_features needs at least k + 1 = {k + 1} samples for recall, got {y.shape[0]}")
-    rr = _real_radii(x, k, real_radii, block_size, distributed, group)
-    fr = knn_radii(y, k, block_size=block_size, distributed=distributed, group=group)
-    fake_hits, _, real_in_fake = _ball_counts(x, y, rr, fr, False, block_size, distributed, group)
+    r, f, rr, k, opts = _prepare(
+        real_features, fake_features, k, real_radii, True, (block_size, distributed, group, products)
+    )
+    fake_hits, _, real_in_fake = ball_counts(r, f, rr, _radii_of(f, k, opts), False, False, opts)
     return float((fake_hits > 0).double().mean()), float((real_in_fake > 0).double().mean())
 
 
@@ -257,19 +174,33 @@ def density_coverage(
     block_size: int = DEFAULT_BLOCK_SIZE,
     distributed: bool = False,
     group: Group = None,
+    products: str = "float32",
 ) -> tuple[float, float]:
     """Density and coverage (Naeem et al. 2020), k = 5 as in the ``prdc`` package.
 
     Density = (1 / kM) sum_j #{real balls containing fake j} (may exceed 1); coverage = fraction of
-    real balls containing at least one generated sample. Only real balls are used, so outliers among
-    generated samples do not inflate either. ``real_radii``: :func:`knn_radii` of the real features
-    with the same ``k``.
+    real balls containing at least one generated sample (strict ``<``). Only real balls are used, so
+    outliers among generated samples do not inflate either.
+
+    Args:
+        real_features: (N, D) real features, N > k.
+        fake_features: (M, D) generated features, M >= 1.
+        k: the neighbour whose distance sets each real ball's radius.
+        real_radii: :func:`knn_radii` of the real features with the same ``k`` (computed if None).
+        block_size: rows per block; memory is O(block_size^2), the result does not depend on it.
+        distributed: split the block pairs over the ranks of ``group`` (identical features on each).
+        group: the process group (None: the default group).
+        products: ``"float32"`` (default) or ``"float64"`` screening products: the same result.
+
+    Raises:
+        ValueError: bad options or ``real_radii``, too few samples, non-finite features or
+            different feature dimensions.
     """
-    x, y, k, block_size = _inputs(real_features, fake_features, k, block_size)
-    rr = _real_radii(x, k, real_radii, block_size, distributed, group)
-    fake_hits, real_hits, _ = _ball_counts(x, y, rr, None, True, block_size, distributed, group)
-    density = float(fake_hits.sum()) / (k * y.shape[0])
-    return density, float((real_hits > 0).double().mean())
+    r, f, rr, k, opts = _prepare(
+        real_features, fake_features, k, real_radii, False, (block_size, distributed, group, products)
+    )
+    fake_hits, real_hits, _ = ball_counts(r, f, rr, None, True, True, opts)
+    return float(fake_hits.sum()) / (k * f.n), float((real_hits > 0).double().mean())
 
 
 def precision_recall_density_coverage(
@@ -281,18 +212,32 @@ def precision_recall_density_coverage(
     block_size: int = DEFAULT_BLOCK_SIZE,
     distributed: bool = False,
     group: Group = None,
+    products: str = "float32",
 ) -> dict[str, float]:
-    """All four metrics exactly as the ``prdc`` package's ``compute_prdc`` (one k, strict ``<``),
-    from one pass over the generated-vs-real distances: {"precision", "recall", "density", "coverage"}."""
-    x, y, k, block_size = _inputs(real_features, fake_features, k, block_size)
-    if y.shape[0] < k + 1:
-        raise ValueError(f"fake_features needs at least k + 1 = {k + 1} samples for recall, got {y.shape[0]}")
-    opts = dict(block_size=block_size, distributed=distributed, group=group)
-    rr = _real_radii(x, k, real_radii, block_size, distributed, group)
-    fake_hits, real_hits, real_in_fake = _ball_counts(x, y, rr, knn_radii(y, k, **opts), True, **opts)
+    """All four metrics exactly as the ``prdc`` package's ``compute_prdc`` (one k, strict ``<``), from
+    one pass over the generated-vs-real distances: {"precision", "recall", "density", "coverage"}.
+
+    Args:
+        real_features: (N, D) real features, N > k.
+        fake_features: (M, D) generated features, M > k.
+        k: the neighbour whose distance sets each ball's radius.
+        real_radii: :func:`knn_radii` of the real features with the same ``k`` (computed if None).
+        block_size: rows per block; memory is O(block_size^2), the result does not depend on it.
+        distributed: split the block pairs over the ranks of ``group`` (identical features on each).
+        group: the process group (None: the default group).
+        products: ``"float32"`` (default) or ``"float64"`` screening products: the same result.
+
+    Raises:
+        ValueError: bad options or ``real_radii``, too few samples, non-finite features or
+            different feature dimensions.
+    """
+    r, f, rr, k, opts = _prepare(
+        real_features, fake_features, k, real_radii, True, (block_size, distributed, group, products)
+    )
+    fake_hits, real_hits, real_in_fake = ball_counts(r, f, rr, _radii_of(f, k, opts), True, True, opts)
     return {
         "precision": float((fake_hits > 0).double().mean()),
         "recall": float((real_in_fake > 0).double().mean()),
-        "density": float(fake_hits.sum()) / (k * y.shape[0]),
+        "density": float(fake_hits.sum()) / (k * f.n),
         "coverage": float((real_hits > 0).double().mean()),
     }
