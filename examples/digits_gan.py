@@ -27,7 +27,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_fid import GenerativeMetrics
+from lightning_fid import GenerativeMetrics, format_card
 from lightning_fid.metrics import CMMD, KID
 
 SIZE, Z_DIM = 32, 32
@@ -250,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nFID: first evaluation {first:.4f} -> best {best:.4f} ({100 * (1 - best / first):.0f}% lower)")
     print(f"TensorBoard logs: {logger.log_dir}   (tensorboard --logdir {out})")
     print(f"best checkpoint:  {checkpoint.best_model_path}")
+    print(f"\nprotocol card (what determines these numbers):\n{format_card(metrics.card)}")
     return {"history": metrics.history, "best_checkpoint": checkpoint.best_model_path, "log_dir": logger.log_dir}
 
 

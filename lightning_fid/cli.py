@@ -1,8 +1,11 @@
-"""lightning-fid: fetch weights, compute reference statistics, score folders or .npz files.
+"""lightning-fid: fetch weights, compute reference statistics, score folders or reference files.
 
 lightning-fid download inception|clip|dinov2 [--dir D]
 lightning-fid stats FOLDER -o ref.npz [--extractor inception|clip|dinov2] [--num N]
-lightning-fid score A B [--metrics fid,kid,cmmd] [--json]     (A, B: image folders or .npz files)
+                   [--format lightning-fid|adm|edm2|pytorch-fid]       (edm2: -o ref.pkl)
+lightning-fid score A B [--metrics fid,kid,cmmd] [--protocol adm] [--json]
+    (A, B: image folders, or reference files: ADM / EDM / pytorch-fid / clean-fid / lightning-fid .npz,
+     EDM2 .pkl)
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ from pathlib import Path
 
 import torch
 
+from lightning_fid.engine._export import STATS_FORMATS, export_reference
+from lightning_fid.engine._file_slots import check_file_for_metrics
+from lightning_fid.engine._formats import ANY, ReferenceFile, is_reference_file
 from lightning_fid.engine._networks import standard_identity
 from lightning_fid.engine._real import RealOptions
-from lightning_fid.engine._reference import is_statistics_file
 from lightning_fid.engine._scoring import Scorer
 from lightning_fid.engine._slots import standard_slot_name
-from lightning_fid.engine._stats import Statistics, check_identity, identity_metadata, load_statistics
+from lightning_fid.engine._stats import Statistics, check_identity
 from lightning_fid.extractors.weights import PUBLISHED, WeightsError, cache_dir, download, sha256_of
 from lightning_fid.metrics.base import Metric, RunInfo
 from lightning_fid.metrics.catalog import METRICS
+from lightning_fid.protocols import DEFAULT_PROTOCOL, PROTOCOLS, deviations, get_protocol
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
@@ -51,41 +57,41 @@ def _real_options(args: argparse.Namespace) -> RealOptions:
     return RealOptions(input_range="uint8", batch_size=args.batch_size, num_real=args.num)
 
 
-def _folder_stats(folder: str, slots: list, args: argparse.Namespace) -> dict[str, Statistics]:
-    """Statistics of an image folder for every slot, through the same resolution the callback uses."""
+def _real_stats(path: str, slots: list, args: argparse.Namespace) -> dict[str, Statistics]:
+    """Statistics of an image folder or a reference file for every slot, through the same resolution
+    the callback uses (an ADM batch's images go through the real pass)."""
     from lightning_fid.engine._reference import resolve_reference
 
     device = torch.device(args.device)
     for slot in slots:
         slot.module.to(device)
-    return resolve_reference(folder, slots, _real_options(args), device=device, progress=True).stats
+    return resolve_reference(path, slots, _real_options(args), device=device, progress=True).stats
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from lightning_fid.engine._networks import standard_network
-    from lightning_fid.engine._slots import make_slot
-
-    if not Path(args.source).is_dir():
-        raise ValueError(f"{args.source} is not a folder of images")
-    slot = make_slot(
-        args.extractor,
-        standard_network(args.extractor, getattr(args, f"{args.extractor}_weights")),
-        moments=True,
-        keep_features=False,
+    weights = {name: getattr(args, f"{name}_weights") for name in NETWORKS}
+    lines = export_reference(
+        args.source,
+        args.output,
+        args.format,
+        extractor=args.extractor,
+        weights=weights,
+        options=_real_options(args),
+        device=args.device,
     )
-    stats = _folder_stats(args.source, [slot], args)[slot.name]
-    stats.metadata = {**identity_metadata(slot.info), "source": str(args.source)}
-    stats.save(args.output)
-    print(f"wrote {args.output}: {stats.n} images, {stats.dim}-d {slot.info.name} features")
+    print(lines[0])
+    for line in lines[1:]:
+        print(f"lightning-fid stats: warning: {line}", file=sys.stderr)
     return 0
 
 
 def _metrics(args: argparse.Namespace, count: int | None = None) -> tuple[Metric, ...]:
     """The metric objects of ``--metrics`` with the CLI's options; KID's subset size is lowered to
     ``count`` (the smallest side) with a warning, never silently."""
-    from lightning_fid.metrics import KID, InceptionScore, resolve_metrics
+    from lightning_fid.metrics import KID, InceptionScore
 
-    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    protocol = get_protocol(args.protocol)
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else list(protocol.metrics)
     subset = args.kid_subset_size
     if count is not None and "kid" in names and subset > count:
         print(
@@ -94,30 +100,63 @@ def _metrics(args: argparse.Namespace, count: int | None = None) -> tuple[Metric
             file=sys.stderr,
         )
         subset = count
-    options = {"kid": lambda: KID(args.kid_subsets, subset), "is": lambda: InceptionScore(args.is_splits)}
-    return resolve_metrics([options[n]() if n in options else n for n in names])
+    options = {"kid": lambda: KID(args.kid_subsets, subset)}
+    if args.is_splits is not None:  # else the protocol's Inception Score (ADM: splits of 5000)
+        options["is"] = lambda: InceptionScore(args.is_splits)
+    return protocol.resolve([options[n]() if n in options else n for n in names])
+
+
+def _card(args: argparse.Namespace, metrics: tuple[Metric, ...], slots: list, a: dict, n_b: int | None) -> dict:
+    """The protocol card of a ``score`` run (the reference side: its file's hash, or the folder)."""
+    from lightning_fid.engine._card import protocol_card
+
+    protocol = get_protocol(args.protocol)
+    first = next(iter(a.values())).metadata
+    reference = f"{first.get('format')}:sha256:{first['sha256']}" if "sha256" in first else str(Path(args.a).resolve())
+    return protocol_card(
+        protocol=protocol,
+        deviations=deviations(protocol, metrics, None),
+        metrics=metrics,
+        slot_of=[standard_slot_name(m) for m in metrics],
+        slots=slots,
+        reference_key=reference,
+        reference_stats=a,
+        generated={"source": str(Path(args.b).resolve()), "n": n_b, "num": args.num},
+        labels="image folders or files: labels are not read",
+    )
+
+
+def _served(file: ReferenceFile, metrics: tuple[Metric, ...]) -> bool:
+    """Whether the file's own statistics serve every metric (no network needs to run for this side)."""
+    return all(
+        not (m.needs.features or m.needs.per_class) and (ANY in file.moments or standard_slot_name(m) in file.moments)
+        for m in metrics
+    )
 
 
 def _side(path: str, metrics: tuple[Metric, ...], slots: Callable[[], list], args: argparse.Namespace):
-    """Statistics of one side: an .npz file (moments-only metrics) or an image folder (any metric)."""
-    if is_statistics_file(path):
-        needs_images = [m.key for m in metrics if m.needs.features or m.needs.per_class]
-        if needs_images:
-            raise ValueError(f"{path} holds statistics only; {needs_images} need an image folder")
-        stats = load_statistics(path)
-        for network in {m.needs.network for m in metrics}:
-            name, dim = standard_identity(network)
-            try:
-                check_identity(stats, name, dim, None, path)
-            except ValueError as exc:
-                raise ValueError(
-                    f"{exc} (the CLI scores the standard networks' statistics; for your own encoder's, "
-                    "use lightning_fid.metrics.frechet_distance in Python)"
-                ) from None
-        return {standard_slot_name(m): stats for m in metrics}
-    if not Path(path).is_dir():
-        raise ValueError(f"{path} is neither an image folder nor an .npz statistics file")
-    return _folder_stats(path, slots(), args)
+    """Statistics of one side: a reference file (its statistics, and an ADM batch's images for the rest)
+    or an image folder (any metric)."""
+    if not is_reference_file(path):
+        return _real_stats(path, slots(), args)
+    file = check_file_for_metrics(path, metrics)
+    if not _served(file, metrics):
+        return _real_stats(path, slots(), args)
+    out = {}
+    for m in metrics:
+        role = standard_slot_name(m)
+        found = ANY if ANY in file.moments else role
+        name, dim = standard_identity(m.needs.network, m.needs.output)
+        try:
+            source = f"{path} ({file.format}: {file.keys[found]})"
+            check_identity(file.moments[found], name, dim, None, source, hint=file.notes.get(found))
+        except ValueError as exc:
+            raise ValueError(
+                f"{exc} (the CLI scores the standard networks' statistics; for your own encoder's, "
+                "use lightning_fid.metrics.frechet_distance in Python)"
+            ) from None
+        out[role] = file.moments[found]
+    return out
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
@@ -125,16 +164,19 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
     metrics = _metrics(args)
     for path in (args.a, args.b):  # paths first: no weights are loaded for a typo
-        if not is_statistics_file(path) and not Path(path).is_dir():
-            raise ValueError(f"{path} is neither an image folder nor an .npz statistics file")
-        if is_statistics_file(path) and args.num is not None:
-            raise ValueError(f"--num {args.num} selects images of a folder, but {path} holds statistics already")
+        if not (is_reference_file(path) and Path(path).is_file()) and not Path(path).is_dir():
+            raise ValueError(f"{path} is neither an image folder nor an .npz or .pkl reference file")
+        if is_reference_file(path) and args.num is not None:
+            raise ValueError(f"--num {args.num} selects images of a folder, but {path} is a reference file")
     built: list = []
 
     def slots() -> list:  # built once, only if a folder needs extracting
         if not built:
             weights = {name: getattr(args, f"{name}_weights") for name in NETWORKS}
-            built.extend(build_slots(metrics, weights=weights)[0])
+            resize = get_protocol(args.protocol).dinov2_resize  # EDM2: DINOv2 with its torch resize
+            built.extend(
+                build_slots(metrics, weights=weights, options={"dinov2": {"resize": resize}} if resize else None)[0]
+            )
         return built
 
     a, b = (_side(p, metrics, slots, args) for p in (args.a, args.b))
@@ -159,8 +201,8 @@ def _cmd_score(args: argparse.Namespace) -> int:
     values["n_a"], values["n_b"] = next(iter(a.values())).n, n_b
     if any(m.name == "kid" for m in metrics):
         values["kid_subset_size"] = next(m.subset_size for m in metrics if m.name == "kid")
-    if args.json:
-        print(json.dumps(values, sort_keys=True))
+    if args.json:  # the values and what determines them
+        print(json.dumps({**values, "card": _card(args, metrics, built, a, n_b)}, sort_keys=True))
     else:
         for key, value in values.items():
             print(f"{key:>8}: {value:.6g}" if isinstance(value, float) else f"{key:>8}: {value}")
@@ -177,17 +219,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", help="target folder (default: $LIGHTNING_FID_HOME or $TORCH_HOME/lightning_fid)")
     p.set_defaults(func=_cmd_download)
 
-    p = sub.add_parser("stats", help="reference statistics of an image folder, as a pytorch-fid .npz")
+    p = sub.add_parser("stats", help="reference statistics of an image folder, in this or another tool's format")
     p.add_argument("source", help="folder of images")
-    p.add_argument("-o", "--output", required=True, help="the .npz to write (mu, sigma, n, metadata)")
-    p.add_argument("--extractor", choices=NETWORKS, default="inception", help="the network (default: inception)")
+    p.add_argument("-o", "--output", required=True, help="the file to write (.npz; .pkl for --format edm2)")
+    p.add_argument("--extractor", choices=NETWORKS, default="inception", help="the network of --format lightning-fid")
+    p.add_argument(
+        "--format",
+        choices=STATS_FORMATS,
+        default="lightning-fid",
+        help="lightning-fid (default: mu, sigma, n and the network's identity; pytorch-fid and EDM read it too), "
+        "adm (guided-diffusion's reference batch: arr_0 images, mu, sigma, mu_s, sigma_s), edm2 (EDM2's .pkl: fid, "
+        "and fd_dinov2 when DINOv2 weights are given or cached), pytorch-fid (mu, sigma with pytorch-fid's "
+        "own preprocessing)",
+    )
     p.set_defaults(func=_cmd_stats)
 
-    p = sub.add_parser("score", help="any metric between two image folders, or Fréchet distances between .npz files")
-    p.add_argument("a", help="reference: image folder or .npz")
-    p.add_argument("b", help="generated: image folder or .npz")
-    p.add_argument("--metrics", default="fid", help=f"comma-separated, from {','.join(METRICS)} (default: fid)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = sub.add_parser("score", help="any metric between image folders or reference files (.npz, .pkl)")
+    p.add_argument("a", help="reference: image folder, or an ADM / EDM / pytorch-fid / clean-fid .npz or EDM2 .pkl")
+    p.add_argument("b", help="generated: image folder or reference file (e.g. an ADM sample batch)")
+    p.add_argument("--metrics", help=f"comma-separated, from {','.join(METRICS)} (default: the protocol's)")
+    p.add_argument(
+        "--protocol",
+        choices=[name for name in PROTOCOLS if name != "pytorch-fid"],  # the CLI reads Inception the TF graph's way
+        default=DEFAULT_PROTOCOL,
+        help="the metrics and options of a paper family (default: torch-fidelity, whose metric is fid)",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object: the values and the protocol card")
     p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100)")
     p.add_argument(
         "--kid-subset-size",
@@ -195,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=1000,
         help="samples per KID subset (default: 1000; lowered, with a warning, to the smaller side)",
     )
-    p.add_argument("--is-splits", type=int, default=10, help="Inception Score splits (default: 10)")
+    p.add_argument("--is-splits", type=int, help="Inception Score splits (default: 10; adm: one per 5000 samples)")
     p.set_defaults(func=_cmd_score)
     for sp in (sub.choices["stats"], sub.choices["score"]):
         for network in NETWORKS:
@@ -217,7 +274,7 @@ def _check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and value < least:
             raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
-    if getattr(args, "metrics", None) is not None:
+    if getattr(args, "protocol", None) is not None:
         if any(m.needs.per_class for m in _metrics(args)):
             raise ValueError(
                 "per-class metrics need class labels, which image folders do not carry; "
@@ -231,8 +288,10 @@ def _check_args(args: argparse.Namespace) -> None:
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"--device {args.device} but CUDA is not available here; use --device cpu")
     output = getattr(args, "output", None)
-    if output is not None and not str(output).endswith(".npz"):
-        raise ValueError(f"-o {output}: statistics files end in .npz")
+    if output is not None and args.format == "edm2" and not str(output).endswith(".pkl"):
+        raise ValueError(f"-o {output}: EDM2 reference files (--format edm2) end in .pkl")
+    if output is not None and args.format != "edm2" and not str(output).endswith(".npz"):
+        raise ValueError(f"-o {output}: statistics files end in .npz (--format {args.format})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

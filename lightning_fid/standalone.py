@@ -19,6 +19,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from lightning_fid.engine._accumulators import FeatureMoments
 from lightning_fid.engine._distributed import all_reduce_packed, default_index, order_by_index
+from lightning_fid.engine._networks import SPATIAL_DIM
 from lightning_fid.engine._validation import ArrayLike, as_tensor
 from lightning_fid.metrics.cmmd import cmmd
 from lightning_fid.metrics.fid import frechet_distance, reference_factor, warn_if_rank_deficient
@@ -33,6 +34,8 @@ class _ExtractingMetric(Metric):
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+    #: the named output it reads of an extractor that returns several (InceptionV3(logits=True, spatial=True))
+    _output_name = "features"
 
     def __init__(self, feature_extractor: nn.Module | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -45,6 +48,14 @@ class _ExtractingMetric(Metric):
         if self.feature_extractor is not None:
             with torch.no_grad():
                 x = self.feature_extractor(x)
+            if isinstance(x, (tuple, list)):  # several named outputs: take this metric's
+                names = tuple(getattr(self.feature_extractor, "outputs", ()))
+                if self._output_name not in names:
+                    raise ValueError(
+                        f"{type(self).__name__} reads the {self._output_name!r} output, but feature_extractor "
+                        f"returns {len(x)} outputs named {names}"
+                    )
+                x = x[names.index(self._output_name)]
         if x.ndim != 2:
             raise ValueError(f"expected (batch, features), got shape {tuple(x.shape)}")
         return x
@@ -112,6 +123,19 @@ class FID(_ExtractingMetric):
         super().reset()
         for name, value in keep.items():
             setattr(self, name, value)
+
+
+class SFID(FID):
+    """sFID as ADM computes it: :class:`FID` on 2023-d spatial Inception features. With
+    ``feature_extractor=InceptionV3(spatial=True)`` (also ``logits=True``) ``update`` takes uint8 images
+    and reads the ``"spatial"`` output; without one it takes (N, 2023) features."""
+
+    _output_name = "spatial"
+
+    def __init__(
+        self, feature_extractor: nn.Module | None = None, reset_real_features: bool = True, **kwargs: Any
+    ) -> None:
+        super().__init__(SPATIAL_DIM, feature_extractor, reset_real_features, **kwargs)
 
 
 class _FeatureSetMetric(_ExtractingMetric):
@@ -242,6 +266,7 @@ class InceptionScore(_FeatureSetMetric):
     in global sample order (see :func:`lightning_fid.metrics.inception_score`)."""
 
     higher_is_better = True
+    _output_name = "logits"
 
     def __init__(self, splits: int = 10, feature_extractor: nn.Module | None = None, **kwargs: Any) -> None:
         if not isinstance(splits, int) or splits < 1:

@@ -1,4 +1,5 @@
-"""DINOv2 extractor: Meta's checkpoint format, Meta's forward, timm's forward, dgm-eval's preprocessing.
+"""DINOv2 extractor: Meta's checkpoint format, Meta's forward, timm's forward, dgm-eval's and EDM2's
+preprocessing (``resize="pil"`` and ``resize="torch"``).
 
 Real weights cannot be downloaded here, so random He-scaled weights are written in exactly the format
 of ``dinov2_vitl14_pretrain.pth`` (a torch.save'd state dict, Meta's keys, order and shapes) and
@@ -122,12 +123,37 @@ def dgm_eval_transform(image: Image.Image) -> torch.Tensor:
     return TF.Normalize(imagenet_mean, imagenet_std)(image)
 
 
+def edm2_transform(images: torch.Tensor, resize_mode: str) -> torch.Tensor:
+    """Port of NVlabs/edm2 calculate_metrics.py DINOv2Detector.__call__ before the model: PIL bicubic
+    per image (``'pil'``) or ``F.interpolate(..., 'bicubic', antialias=True)`` on the float batch
+    (``'torch'``, EDM2's default), then / 255, - mean, / std as float32 constants."""
+    if resize_mode == "pil":
+        x = images.to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        x = np.stack([np.uint8(Image.fromarray(xx, "RGB").resize((224, 224), Image.Resampling.BICUBIC)) for xx in x])
+        x = torch.from_numpy(x).permute(0, 3, 1, 2)
+    else:
+        x = F.interpolate(images.to(torch.float32), size=(224, 224), mode="bicubic", antialias=True)
+    x = x.to(torch.float32) / 255
+    x = x - torch.as_tensor([0.485, 0.456, 0.406], dtype=x.dtype).reshape(1, -1, 1, 1)
+    return x / torch.as_tensor([0.229, 0.224, 0.225], dtype=x.dtype).reshape(1, -1, 1, 1)
+
+
 @pytest.fixture(scope="module")
-def small(tmp_path_factory):
-    path = write_meta_checkpoint(tmp_path_factory.mktemp("dinov2") / "dinov2_vitl14_pretrain.pth")
+def small_file(tmp_path_factory):
+    return write_meta_checkpoint(tmp_path_factory.mktemp("dinov2") / "dinov2_vitl14_pretrain.pth")
+
+
+@pytest.fixture(scope="module")
+def small(small_file):
     with pytest.warns(UserWarning, match="not the published dinov2 weights"):
-        extractor = DINOv2(weights_path=path)
-    return extractor, torch.load(path, weights_only=True)
+        extractor = DINOv2(weights_path=small_file)
+    return extractor, torch.load(small_file, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def small_torch(small_file):
+    with pytest.warns(UserWarning, match="not the published dinov2 weights"):
+        return DINOv2(weights_path=small_file, resize="torch")
 
 
 def _images(seed, n, h, w):
@@ -187,6 +213,73 @@ def test_preprocessing_is_dgm_evals(small, size):
     for i in range(images.shape[0]):
         ref = dgm_eval_transform(Image.fromarray(images[i].permute(1, 2, 0).numpy()))
         assert ref.dtype == ours.dtype and torch.equal(ours[i], ref)  # bit-identical
+
+
+@pytest.mark.parametrize("size", [(224, 224), (32, 32), (64, 48), (256, 256), (300, 300), (17, 401)])
+def test_each_resize_mode_is_edm2s(small, small_torch, size):
+    """``resize="pil"`` is EDM2's resize_mode='pil' (and dgm-eval's), ``"torch"`` its default resize_mode
+    ='torch', bit for bit; both run one network on identical images."""
+    images = _images(7, 3, *size)
+    assert torch.equal(small[0].preprocess(images), edm2_transform(images, "pil"))
+    assert torch.equal(small_torch.preprocess(images), edm2_transform(images, "torch"))
+    torch.testing.assert_close(small_torch(images), small[0].model(edm2_transform(images, "torch")), rtol=0, atol=0)
+
+
+def test_the_resize_modes_differ_and_are_part_of_the_identity(small, small_torch, small_file):
+    from lightning_fid.engine._networks import standard_identity, standard_network
+    from lightning_fid.engine._slots import build_slots
+    from lightning_fid.metrics import FDDINOv2
+
+    pil = small[0]
+    images = _images(8, 2, 64, 64)  # upsampled noise: bicubic overshoots, which PIL clips and torch does not
+    levels = (pil.preprocess(images) - small_torch.preprocess(images)).abs() * pil.std * 255
+    assert 0.1 < float(levels.mean()) < 1.0 and float(levels.max()) > 5.0
+    assert not torch.equal(pil(images), small_torch(images))
+    assert torch.equal(pil.preprocess(_images(8, 2, 224, 224)), small_torch.preprocess(_images(8, 2, 224, 224)))
+    one, other = describe(pil), describe(small_torch)
+    assert (one.name, other.name) == ("dinov2-vit-l-14", "dinov2-vit-l-14-torch-resize")
+    assert one.config != other.config and one.fingerprint == other.fingerprint  # same weights, other reading
+    assert standard_identity("dinov2", resize="torch") == ("dinov2-vit-l-14-torch-resize", 1024)
+    with pytest.warns(UserWarning, match="not the published dinov2 weights"):
+        slots, names = build_slots(
+            [FDDINOv2()], weights={"dinov2": small_file}, options={"dinov2": {"resize": "torch"}}
+        )
+        again = standard_network("dinov2", small_file)
+    assert names == ["dinov2"] and slots[0].info.name == other.name and slots[0].info.config == other.config
+    assert again.module.resize == "pil" and slots[0].module is standard_network("dinov2", small_file, resize="torch")
+    with pytest.raises(ValueError, match=r"DINOv2\(resize='bilinear'\); choose from \('pil', 'torch'\)"):
+        DINOv2(weights_path=small_file, resize="bilinear")
+
+
+@pytest.mark.filterwarnings("ignore:FID from 6 generated samples")
+def test_the_reference_cache_keeps_the_resize_modes_apart(small_file, tmp_path):
+    from helpers.tiny import TinyGAN, real_images
+    from torch.utils.data import TensorDataset
+
+    from lightning_fid import GenerativeMetrics
+    from lightning_fid.engine._reference import forget_resolved
+    from lightning_fid.metrics import FDDINOv2
+
+    def evaluate(resize):
+        forget_resolved()
+        with pytest.warns(UserWarning, match="not the published dinov2 weights"):
+            extractor = DINOv2(weights_path=small_file, resize=resize)
+        callback = GenerativeMetrics(
+            real=TensorDataset(real_images(8)),
+            sample_fn=lambda module, n, generator: module.sample_images(n, generator),
+            metrics=[FDDINOv2(extractor=extractor)],
+            num_samples=6,
+            batch_size=3,
+            cache_dir=tmp_path,
+            progress=False,
+            log_images=0,
+        )
+        return callback.evaluate(TinyGAN())[0]["fd_dinov2"], set(tmp_path.glob("*.npz"))
+
+    pil, first = evaluate("pil")
+    torch_resize, second = evaluate("torch")
+    assert len(first) == 1 and len(second) == 2 and torch_resize != pil  # a miss: another entry
+    assert evaluate("pil") == (pil, second)  # a hit on the first entry
 
 
 def test_declared_attributes_and_extraction(small):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -122,11 +124,16 @@ def test_corrupt_cache_is_recomputed_with_a_warning(tmp_path):
 def test_npz_file_serves_fid_only_and_unknown_count_is_none(tmp_path):
     mu, sigma, _ = _direct()
     path = tmp_path / "pytorch_fid.npz"
-    np.savez(path, mu=mu.numpy(), sigma=sigma.numpy())  # no n, like pytorch-fid's --save-stats
-    ref = resolve_reference(str(path), _slots(("fid",)), OPTIONS)
-    assert ref.stats["tiny-features"].n is None and ref.key == f"npz:{path.resolve()}"
+    np.savez(path, mu=mu.numpy(), sigma=sigma.numpy())  # no n; uncompressed, as EDM's fid.py ref writes
+    with pytest.warns(UserWarning, match=r"\(edm: mu/sigma\) does not record which network computed it"):
+        ref = resolve_reference(str(path), _slots(("fid",)), OPTIONS)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert ref.stats["tiny-features"].n is None and ref.key == f"edm:sha256:{sha}"  # the file's content, not its path
+    assert ref.source == {"format": "edm", "file": str(path), "sha256": sha, "keys": {"*": "mu/sigma"}} | {
+        "statistics": {"tiny-features": "mu/sigma"}
+    }
     torch.testing.assert_close(ref.stats["tiny-features"].sigma, sigma, rtol=0, atol=0)
-    with pytest.raises(ValueError, match="statistics .* only"):
+    with pytest.raises(ValueError, match=r"\(edm\) holds statistics only .* tiny-features features .* need the real"):
         resolve_reference(str(path), _slots(("fid", "kid")), OPTIONS)
     np.savez(path, mu=np.zeros(5), sigma=np.eye(5))
     with pytest.raises(ValueError, match="holds 5-d statistics but tiny-features gives 8-d"):

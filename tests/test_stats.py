@@ -8,7 +8,7 @@ import torch
 from pytorch_fid.fid_score import compute_statistics_of_path
 
 from lightning_fid.engine._accumulators import FeatureMoments
-from lightning_fid.engine._stats import Statistics, load_statistics
+from lightning_fid.engine._stats import Statistics, load_statistics, validate_statistics
 
 
 def _features(rng, n=500, d=16):
@@ -103,3 +103,23 @@ def test_bad_updates(rng):
         _ = m.cov
     with pytest.raises(ValueError, match="cannot merge"):
         m.merge(FeatureMoments(5))
+
+
+@pytest.mark.parametrize(
+    "eigenvalues, ok",
+    [
+        ([4.0, 1.0, 0.0, 0.0], True),  # rank-deficient (fewer samples than dimensions): a covariance
+        ([4.0, 1.0, -1e-6, 0.0], True),  # rounding, within PSD_TOLERANCE of the largest eigenvalue
+        ([4.0, 1.0, -1e-3, 0.0], False),  # beyond it
+        ([-4.0, -1.0, 0.0, 0.0], False),  # negative definite: the Rayleigh shift is negative, the exact check refuses
+    ],
+)
+def test_positive_semi_definiteness_is_judged_on_eigenvalues(eigenvalues, ok):
+    rotation = np.linalg.qr(np.random.default_rng(0).standard_normal((4, 4)))[0]
+    sigma = rotation @ np.diag(eigenvalues) @ rotation.T
+    stats = Statistics(mu=np.zeros(4), sigma=(sigma + sigma.T) / 2)
+    if ok:
+        validate_statistics(stats, "ref.npz")
+    else:
+        with pytest.raises(ValueError, match="ref.npz: sigma is not positive semi-definite"):
+            validate_statistics(stats, "ref.npz")

@@ -2,7 +2,8 @@
 
 Lightning stores logged scalars as float32, so the exact values live here. Rank 0 writes them to
 ``lightning_fid_history.json`` next to the logger's files after every evaluation, as
-``{"evaluations": [...], "final": {...}}``. With a strategy
+``{"run": ..., "evaluations": [...], "final": {...}, "card": {...}}`` (the protocol card: what
+determines the values). With a strategy
 that runs training in spawned processes (``ddp_spawn``), the callback object the user holds never
 sees an evaluation; rank 0 therefore also writes the history under a per-callback token in the
 temporary folder, and :meth:`History.entries` reads it back when its own list is empty.
@@ -53,6 +54,7 @@ class History:
         self._log_path: Path | None = None  # the file this run writes in the output folder, once chosen
         self._entries: list[dict[str, Any]] = []
         self._final: dict[str, float] = {}
+        self.card: dict[str, Any] | None = None  # the protocol card of this run's values
 
     @property
     def spawn_file(self) -> Path:
@@ -74,6 +76,7 @@ class History:
             saved = json.loads(self.spawn_file.read_text())
             self._entries = [{k: _from_json(v) for k, v in e.items()} for e in saved["evaluations"]]
             self._final = {k: _from_json(v) for k, v in saved["final"].items()}
+            self.card = saved.get("card")
             self.spawn_file.unlink(missing_ok=True)
 
     @property
@@ -92,6 +95,7 @@ class History:
         """Forget every evaluation and final value (a new run)."""
         self._entries = []
         self._final = {}
+        self.card = None
         self.run_id = uuid.uuid4().hex
         self._log_path = None
 
@@ -108,6 +112,11 @@ class History:
     def append(self, entry: dict[str, Any], trainer: pl.Trainer | None) -> None:
         """Record one evaluation; rank 0 rewrites the JSON files (a collective call under DDP)."""
         self._entries.append(entry)
+        self._write(trainer)
+
+    def set_card(self, card: dict[str, Any], trainer: pl.Trainer | None) -> None:
+        """Record the run's protocol card; rank 0 rewrites the JSON files (a collective call under DDP)."""
+        self.card = card
         self._write(trainer)
 
     def set_final(self, values: dict[str, float], trainer: pl.Trainer | None) -> None:
@@ -141,6 +150,7 @@ class History:
             "run": self.run_id,
             "evaluations": [{k: _jsonable(v) for k, v in e.items()} for e in self._entries],
             "final": {k: _jsonable(v) for k, v in self._final.items()},
+            "card": self.card,
         }
         text = json.dumps(payload, indent=1)
         log_file = self._own_file(log_file)

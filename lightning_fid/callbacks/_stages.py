@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lightning_fid.callbacks._evaluation import final_keys, publish_card
 from lightning_fid.callbacks._monitors import check_monitors
 from lightning_fid.callbacks._schedule import check_schedule
 from lightning_fid.engine import Evaluator
@@ -49,11 +50,11 @@ def prepare(evaluator: Evaluator, trainer: pl.Trainer, pl_module: pl.LightningMo
 def owned_keys(callback: Callback) -> list[str]:
     """Every key ``callback`` logs: its metric keys (``_raw`` ones included), ``eval_seconds``, final and
     test keys."""
-    names = callback.evaluator.keys()
+    scored = [k[len(callback.prefix) :] for k in callback.keys()]  # every scored set of weights: ``_raw`` too
     own = callback.keys() + [callback.prefix + "eval_seconds"]
     if callback.final_num_samples is not None:
-        own += [callback.prefix + "final_" + n for n in names]
-    return own + ["test/" + callback.prefix + n for n in names]
+        own += [callback.prefix + k for k in final_keys(scored, callback.final_seeds)]
+    return own + ["test/" + callback.prefix + n for n in scored]
 
 
 def check_own_keys(callback: Callback) -> None:
@@ -119,6 +120,8 @@ def start_training(callback: Callback, trainer: pl.Trainer, pl_module: pl.Lightn
         check_schedule(callback.cadence, trainer, is_overridden("validation_step", pl_module))
         prepare(callback.evaluator, trainer, pl_module)
         callback.run.check_resumed_reference(callback.evaluator)
+        callback.card = publish_card(callback, trainer, callback._resumed_card)
+        callback._resumed_card = None
 
 
 def find_legacy_state(checkpoint: dict, state_key: str, prefix: str) -> dict | None:

@@ -29,6 +29,17 @@ WeightsChoice = Literal["auto", "raw", "averaged", "both"]
 CHOICES = ("auto", "raw", "averaged", "both")
 
 
+def check_choice(weights: Any) -> WeightsChoice:
+    """``weights`` if it is one of :data:`CHOICES`.
+
+    Raises:
+        ValueError: naming the choices.
+    """
+    if weights not in CHOICES:
+        raise ValueError(f"weights={weights!r}; choose from {CHOICES}")
+    return weights
+
+
 def find_averaging(trainer: pl.Trainer) -> Callback | None:
     """The trainer's ``WeightAveraging`` callback, if any (at most one is meaningful)."""
     if WeightAveraging is None:

@@ -1,10 +1,13 @@
-"""Image files as real data: a folder of images in sorted path order, read as 8-bit RGB."""
+"""Image files as real data: a folder of images in sorted path order, read as 8-bit RGB, and the uint8
+images of an ADM batch ``.npz`` (``arr_0``), read without loading the whole array."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -83,3 +86,83 @@ def collate_same_size(items: list[torch.Tensor]) -> torch.Tensor:
     if len(shapes) > 1:
         raise ValueError(f"images in one batch differ in size ({sorted(shapes)[:3]}...); resize them first")
     return torch.stack(items)
+
+
+def _npy_header(stream: BinaryIO, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran order, dtype) of the .npy whose start ``stream`` is at (numpy's own parser, no pickle)."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise ValueError(f"{where}: .npy format version {version} is not supported (1.0 and 2.0 are)")
+
+
+class NpzImages(Dataset):
+    """uint8 (3, H, W) images from one array of an .npz: an ADM batch's ``arr_0``, uint8 N x H x W x 3.
+
+    guided-diffusion's evaluator streams ``arr_0`` from the zip in batches (``open_npz_array`` in
+    ``evaluations/evaluator.py``) rather than loading 10 000 or 50 000 images at once; so does this: an
+    array stored uncompressed (``np.savez``, as ADM's batches are) is memory-mapped, a compressed one
+    (``np.savez_compressed``) is read from the zip image by image. Nothing is unpickled.
+
+    Raises:
+        ValueError: the member is missing, or is not uint8 images in N x H x W x 3 (C) order.
+    """
+
+    def __init__(self, path: str | os.PathLike, member: str = "arr_0") -> None:
+        self.path, self.member = Path(path), member
+        where = f"{self.path}: {member}"
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                info = archive.getinfo(f"{member}.npy")
+                with archive.open(info) as stream:
+                    shape, fortran, dtype = _npy_header(stream, where)
+                    self.header_size = stream.tell()
+                self.stored = info.compress_type == zipfile.ZIP_STORED
+                self.offset = self._data_offset(info) + self.header_size if self.stored else 0
+        except (KeyError, zipfile.BadZipFile, OSError) as exc:
+            raise ValueError(f"{where}: cannot read images ({type(exc).__name__}: {exc})") from None
+        if dtype != np.uint8 or len(shape) != 4 or shape[3] != 3 or fortran:
+            raise ValueError(
+                f"{where} holds {dtype} of shape {shape}{' (Fortran order)' if fortran else ''}; reference images "
+                "must be uint8 N x H x W x 3 (RGB, channels last), as guided-diffusion's batches are"
+            )
+        self.shape = tuple(int(s) for s in shape)
+        self._array: np.ndarray | None = None
+        self._archive: zipfile.ZipFile | None = None
+        self._stream: BinaryIO | None = None
+
+    def _data_offset(self, info: zipfile.ZipInfo) -> int:
+        """Where a stored member's bytes start in the file: after its local header (30 bytes, name, extra)."""
+        with open(self.path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise ValueError(f"{self.path}: {self.member}.npy has a corrupt zip header")
+        return info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if not 0 <= i < self.shape[0]:
+            raise IndexError(f"image {i} of {self.shape[0]}")
+        if self.stored:
+            if self._array is None:
+                self._array = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.offset, shape=self.shape)
+            image = np.array(self._array[i])
+        else:  # compressed: seek in the zip member (forward seeks in index order cost one decompression)
+            if self._stream is None:
+                self._archive = zipfile.ZipFile(self.path)
+                self._stream = self._archive.open(f"{self.member}.npy")
+            size = self.shape[1] * self.shape[2] * 3
+            self._stream.seek(self.header_size + i * size)
+            data = self._stream.read(size)
+            if len(data) != size:
+                raise ValueError(f"{self.path}: {self.member} ends before image {i} of {self.shape[0]}")
+            image = np.frombuffer(data, dtype=np.uint8).reshape(self.shape[1:]).copy()
+        return torch.from_numpy(image).permute(2, 0, 1)
+
+    def __getstate__(self) -> dict:  # open handles stay with their process
+        return {**self.__dict__, "_array": None, "_archive": None, "_stream": None}

@@ -1,4 +1,5 @@
-"""Real data for reference statistics: loaders, datasets, folders, and .npz statistics files.
+"""Real data for reference statistics: loaders, datasets, folders, and reference files (``.npz`` /
+``.pkl`` of this package, ADM, EDM, EDM2, pytorch-fid, clean-fid: :mod:`lightning_fid.engine._formats`).
 
 Every source becomes a stream of (global sample indices, images) batches for this rank. Exactly
 ``num_real`` samples are used, each on exactly one rank: batches are dealt round-robin by global
@@ -63,7 +64,9 @@ class RealData:
 
     Args:
         source: a DataLoader, a Dataset, a callable returning either, ``"train"`` / ``"val"`` (the
-            trainer's loaders, in the callback), an image folder, or a statistics ``.npz`` (FID only).
+            trainer's loaders, in the callback), an image folder, or a reference file: a statistics
+            ``.npz`` (this package's, EDM's, pytorch-fid's, clean-fid's), an EDM2 ``.pkl`` or an ADM batch
+            ``.npz`` (whose ``arr_0`` images also serve the metrics that need real features).
         input_range: range of real float images (default: the generated images' ``input_range``;
             uint8 tensors and image files are always 8-bit).
         num_real: use the first ``num_real`` samples (None: all), each once across ranks.
@@ -95,12 +98,14 @@ class RealData:
 
     def __post_init__(self) -> None:
         if self.source is None:
-            raise ValueError("real= is required: reference images (loader, dataset, folder, 'train'/'val') or .npz")
+            raise ValueError(
+                "real= is required: reference images (loader, dataset, folder, 'train'/'val') or a reference file"
+            )
         if isinstance(self.source, RealData):
             raise ValueError("RealData(source=RealData(...)): pass the data itself as source")
         if isinstance(self.source, (str, os.PathLike)) and str(self.source) not in ("train", "val"):
             if not Path(self.source).exists():
-                raise ValueError(f"real={str(self.source)!r}: no such image folder or statistics file")
+                raise ValueError(f"real={str(self.source)!r}: no such image folder or reference file")
         if self.input_range is not None:
             parse_range(self.input_range)
         if self.num_real is not None and (not isinstance(self.num_real, int) or self.num_real < 2):
@@ -188,7 +193,7 @@ class RealSource:
             self.dataset = data
         else:
             raise ValueError(
-                f"real data must be a DataLoader, a Dataset, an image folder, a .npz file, 'train', 'val' or a "
+                f"real data must be a DataLoader, a Dataset, an image folder, a .npz / .pkl file, 'train', 'val' or a "
                 f"callable returning a loader or dataset; got {type(data).__name__}"
             )
 

@@ -1,20 +1,21 @@
 """Reference statistics: resolve what the user called "real" into per-slot :class:`Statistics`.
 
-One public function, :func:`resolve_reference`, serves the callback and the CLI: a statistics
-.npz is loaded and checked; anything else (image folder, Dataset, DataLoader, a callable returning
-one, or a named source such as the trainer's "train" / "val" loaders) is read once, keyed by
+One public function, :func:`resolve_reference`, serves the callback and the CLI: a reference file
+(``.npz`` / ``.pkl`` of this package, ADM, EDM, EDM2, pytorch-fid or clean-fid) serves each slot the
+statistics its format holds for it, and an ADM batch's images (``arr_0``) go through the real pass for
+the others, keyed by the file's SHA-256; anything else (image folder, Dataset, DataLoader, a callable
+returning one, or a named source such as the trainer's "train" / "val" loaders) is read once, keyed by
 everything that determines its statistics, and taken from the cache when an identical entry exists.
 All ranks agree on the cache decision before anyone starts the collective real pass.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_fid.engine._cache import StatsCache, cache_key, stable_identity
 from lightning_fid.engine._distributed import agreed, any_rank, barrier, rank_and_world
+from lightning_fid.engine._file_slots import serve_slots
+from lightning_fid.engine._formats import is_reference_file, read_reference_file
 from lightning_fid.engine._identity import data_fingerprint
 from lightning_fid.engine._images import REAL, check_fill
 from lightning_fid.engine._memory import check_memory
 from lightning_fid.engine._pipeline import extract_real
 from lightning_fid.engine._real import RealOptions, RealSource, count_available
 from lightning_fid.engine._slots import Slot
-from lightning_fid.engine._stats import Statistics, check_identity, load_statistics
+from lightning_fid.engine._stats import Statistics
 
 
 @dataclass
@@ -37,7 +40,13 @@ class Reference:
     """Resolved reference statistics per slot, and the identity they were resolved under."""
 
     stats: dict[str, Statistics]
-    key: str  # cache key, or "npz:<absolute path>" for a statistics file
+    #: the identity: the cache key of the data (or of an ADM batch's images, which includes the file's
+    #: hash), or "<format>:sha256:<hash>" of a reference file whose statistics served every slot
+    key: str
+    #: where the statistics came from, for protocol cards: {"format": "data"} or, for a reference file,
+    #: its format ("adm", "edm", "edm2", "pytorch-fid", "clean-fid", "lightning-fid"), path, SHA-256,
+    #: keys and, per slot, what served it ("mu/sigma", "fd_dinov2", "arr_0", "mu/sigma + arr_0 features")
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 #: references resolved in this process, by key: several callbacks (or a callback and a script) with
@@ -45,9 +54,8 @@ class Reference:
 _RESOLVED: weakref.WeakValueDictionary[str, Reference] = weakref.WeakValueDictionary()
 
 
-def is_statistics_file(real: Any) -> bool:
-    """True when ``real`` names a .npz statistics file rather than images."""
-    return isinstance(real, (str, os.PathLike)) and str(real).endswith(".npz")
+#: earlier name of :func:`is_reference_file`
+is_statistics_file = is_reference_file
 
 
 def resolve_reference(
@@ -65,8 +73,8 @@ def resolve_reference(
     """Statistics of the real data for every slot (a collective call: every rank must make it).
 
     Args:
-        real: a .npz statistics file (moments-only slots), an image folder, a Dataset, a DataLoader,
-            a callable returning one of these, or a key of ``named``.
+        real: a reference file (``.npz`` / ``.pkl``: see :mod:`lightning_fid.engine._formats`), an image
+            folder, a Dataset, a DataLoader, a callable returning one of these, or a key of ``named``.
         slots: the extractor slots to fill (see :func:`lightning_fid.engine._pipeline.build_slots`).
         options: how real images are read (range, batch size, count, picking them from batches).
         device: where extraction runs and the statistics live.
@@ -81,8 +89,8 @@ def resolve_reference(
         ValueError: unreadable or unsuitable data or statistics, naming the file or option.
     """
     device = torch.device(device)
-    if is_statistics_file(real):
-        reference = _from_file(Path(real), slots, device)
+    if is_reference_file(real):
+        reference = _from_file(Path(real), slots, options, device, cache, progress, identity, generated)
     else:
         reference = _from_data(_resolve_data(real, named), slots, options, device, cache, progress, identity, generated)
     check_reference(reference.stats, slots)
@@ -102,16 +110,41 @@ def check_reference(stats: Mapping[str, Statistics], slots: list[Slot]) -> None:
             )
 
 
-def _from_file(path: Path, slots: list[Slot], device: torch.device) -> Reference:
-    if len(slots) != 1 or slots[0].keep_features:
-        raise ValueError(
-            f"{path} holds statistics (mean and covariance) only, which serve Fréchet distances on one "
-            f"extractor; these metrics need real images ({[s.info.name for s in slots]})"
-        )
-    stats = load_statistics(path)
-    info = slots[0].info
-    check_identity(stats, info.name, info.feature_dim, info.fingerprint, str(path), info.config)
-    return Reference({slots[0].name: stats.to(device)}, key=f"npz:{path.resolve()}")
+def _from_file(
+    path: Path,
+    slots: list[Slot],
+    options: RealOptions,
+    device: torch.device,
+    cache: StatsCache | None,
+    progress: bool,
+    identity: Any,
+    generated: int,
+) -> Reference:
+    """Each slot's statistics from the file where it holds them, the rest from its images (ADM's arr_0)
+    through the real pass, cached under the file's SHA-256 and the networks."""
+    given = {"image_key": options.image_key, "transform": options.transform, "label_key": options.label_key}
+    reading = [f"{k}={v!r}" for k, v in given.items() if v is not None]
+    if reading:
+        raise ValueError(f"RealData({', '.join(reading)}) reads batches of data; {path} is a reference file")
+    with agreed("reading the reference file", device):  # a rank that cannot read it fails every rank
+        file = read_reference_file(path)
+        served, from_images, sources = serve_slots(file, slots)
+        key = f"{file.format}:sha256:{file.sha256}"  # the whole file, hashed once per version and process
+    if from_images:  # the file's bytes determine the images: its hash keys them, nothing is re-hashed
+        read = replace(options, reference_id=key)
+        images = _from_data(file.images, from_images, read, device, cache, progress, identity, generated, keyed=True)
+        for slot in from_images:
+            computed = images.stats[slot.name]
+            computed.metadata.update(format=file.format, file=str(path), key="arr_0")
+            own = served.get(slot.name)
+            if own is not None:  # the file's moments (what the tool scores against), the images' features
+                metadata = {**own.metadata, "features_key": "arr_0"}
+                computed = Statistics(own.mu, own.sigma, own.n or computed.n, computed.features, metadata)
+            served[slot.name] = computed
+        key = images.key
+    for stats in served.values():
+        stats.metadata["sha256"] = file.sha256
+    return Reference({n: s.to(device) for n, s in served.items()}, key, file.describe(sources))
 
 
 def _resolve_data(real: Any, named: Mapping[str, Callable[[], Any]] | None) -> Any:
@@ -133,12 +166,15 @@ def _from_data(
     progress: bool,
     identity: Any,
     generated: int,
+    keyed: bool = False,
 ) -> Reference:
+    """The real pass over data (or its cached result); ``keyed``: compute the key also without a cache
+    (a file's hash makes it cheap), so that the reference has an identity either way."""
     source = RealSource(data)
     with agreed("reading the real data", device):  # a rank that cannot read fails every rank
         num = count_available(source, options.num_real, options.image_key, options.transform)
     check_memory(slots, generated, num, device)
-    key = _key(source, num, slots, options, identity, device) if cache is not None else None
+    key = _key(source, num, slots, options, identity, device) if cache is not None or keyed else None
     if key is None:
         cache = None
         key = f"uncached-{uuid.uuid4().hex}"
@@ -155,7 +191,8 @@ def _from_data(
     span = next(iter(stats.values())).metadata.get("input_span")
     if options.range_check and span is not None:  # also for cached statistics: the span is stored with them
         check_fill(span[0], span[1], options.input_range, REAL)
-    reference = known or Reference(stats, key)
+    described = {"format": "data", **({} if options.reference_id is None else {"reference_id": options.reference_id})}
+    reference = known or Reference(stats, key, described)
     if cache is not None:
         _RESOLVED[key] = reference
     return reference

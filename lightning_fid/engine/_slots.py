@@ -1,10 +1,11 @@
 """Extractor slots: which networks an evaluation runs and what each one's features feed.
 
-A slot is one output of one network (Inception pool features, Inception logits, CLIP embeddings, a
-user's encoder) and the statistics the metrics ask of it: float64 moments, kept features, per-class
-moments. Metrics that read the same output of the same network share a slot; slots of one network
-share its forward pass (:func:`extract` with a per-batch ``computed``). Standard networks come from
-one process-wide cache (:mod:`lightning_fid.engine._networks`), so callbacks never look for each other.
+A slot is one output of one network (Inception pool features, Inception logits, sFID's spatial
+Inception features, CLIP embeddings, a user's encoder) and the statistics the metrics ask of it:
+float64 moments, kept features, per-class moments. Metrics that read the same output of the same
+network share a slot; slots of one network share its forward pass (:func:`extract` with a per-batch
+``computed``). Standard networks come from one process-wide cache (:mod:`lightning_fid.engine._networks`),
+so callbacks never look for each other.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_fid.engine._networks import LOGITS_DIM, standard_network
+from lightning_fid.engine._networks import OUTPUT_DIMS, standard_network
 from lightning_fid.extractors.base import ExtractorInfo, Frozen, describe, forward_extractor, select_output
 from lightning_fid.metrics.base import OUTPUTS, Metric
 
@@ -33,7 +34,7 @@ class Slot:
     moments: bool = False
     keep_features: bool = False
     standard: bool = False  # a standard network built from published weights
-    output: int = 0  # which output of a multi-output network (Inception: 0 pool features, 1 logits)
+    output: int = 0  # which output of a multi-output network (Inception: 0 pool features, 1 logits, 2 spatial)
     classes: int = 0  # number of classes whose moments are kept apart (per-class FID), 0: none
 
 
@@ -44,14 +45,17 @@ def make_slot(name: str, module: nn.Module, moments: bool, keep_features: bool, 
 
 
 def _outputs(module: nn.Module) -> tuple[str, ...]:
-    """The named outputs a network declares (``outputs``; InceptionV3 with ``logits=True``: features and
-    logits), else its single output, ``"features"``."""
+    """The named outputs a network declares (``outputs``; InceptionV3 with ``logits=True, spatial=True``:
+    features, logits and spatial), else its single output, ``"features"``."""
     inner = module.module if isinstance(module, Frozen) else module
     return tuple(getattr(inner, "outputs", ("features",)))
 
 
 def _network(
-    metric: Metric, default_extractor: nn.Module | None, weights: Mapping[str, Any]
+    metric: Metric,
+    default_extractor: nn.Module | None,
+    weights: Mapping[str, Any],
+    options: Mapping[str, Mapping[str, Any]],
 ) -> tuple[nn.Module, int, bool]:
     """The network ``metric`` reads, which of its outputs, and whether it is a standard one."""
     needs = metric.needs
@@ -61,20 +65,26 @@ def _network(
     if default_extractor is not None and needs.network == "inception" and needs.output in _outputs(default_extractor):
         return default_extractor, _outputs(default_extractor).index(needs.output), False
     try:
-        return standard_network(needs.network, weights.get(needs.network)), OUTPUTS[needs.output], True
+        network = standard_network(needs.network, weights.get(needs.network), **options.get(needs.network, {}))
+        return network, OUTPUTS[needs.output], True
     except Exception as exc:
         if default_extractor is not None and needs.network == "inception":
             raise type(exc)(
                 f"{metric!r} reads Inception-v3's {needs.output}, which feature_extractor= does not provide (pass "
                 f"{type(metric).__name__}(extractor=...) to use your own network, or feature_extractor="
-                f"InceptionV3(weights_path=..., logits=True) for both): {exc}"
+                f"InceptionV3(weights_path=..., logits=True, spatial=True) for all three): {exc}"
             ) from exc
         raise
 
 
-def _slot_name(info: ExtractorInfo, standard: bool, network: str, output: int, taken: set[str]) -> str:
+def _suffix(output: str) -> str:
+    """What an output adds to its network's name: nothing for the features, "-logits", "-spatial"."""
+    return "" if output == "features" else f"-{output}"
+
+
+def _slot_name(info: ExtractorInfo, standard: bool, network: str, output: str, taken: set[str]) -> str:
     if standard:
-        base = network + ("-logits" if output == OUTPUTS["logits"] else "")
+        base = network + _suffix(output)
     else:  # the output's own name ("...-logits" for a second output)
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", info.name) or "extractor"
     name, n = base, 1
@@ -85,8 +95,21 @@ def _slot_name(info: ExtractorInfo, standard: bool, network: str, output: int, t
 
 
 def standard_slot_name(metric: Metric) -> str:
-    """The slot name ``metric`` reads when it runs on its standard network (statistics files, the CLI)."""
-    return metric.needs.network + ("-logits" if metric.needs.output == "logits" else "")
+    """The slot name ``metric`` reads when it runs on its standard network (statistics files, the CLI):
+    "inception", "inception-logits" (IS), "inception-spatial" (sFID), "clip", "dinov2"."""
+    return metric.needs.network + _suffix(metric.needs.output)
+
+
+def _output_info(info: ExtractorInfo, module: nn.Module, output: str) -> ExtractorInfo:
+    """The self-description of one named output of a network: its name gets the output's suffix, its
+    dimension is the network's ``output_dims`` entry or the standard one (logits 1008, spatial 2023)."""
+    if output == "features":
+        return info
+    inner = module.module if isinstance(module, Frozen) else module
+    dim = dict(getattr(inner, "output_dims", {})).get(output, OUTPUT_DIMS.get(output))
+    if dim is None:
+        raise ValueError(f"{type(inner).__name__} declares an output {output!r} but not its dimension (output_dims)")
+    return ExtractorInfo(f"{info.name}{_suffix(output)}", int(dim), info.input_range, info.fingerprint, info.config)
 
 
 def build_slots(
@@ -94,29 +117,30 @@ def build_slots(
     default_extractor: nn.Module | None = None,
     weights: Mapping[str, Any] | None = None,
     classes: int = 0,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[list[Slot], list[str]]:
     """The slots ``metrics`` need, and the name of the slot each metric reads (in order).
 
     ``default_extractor`` replaces Inception's pool features for metrics given no ``extractor`` of
     their own; ``weights`` maps a standard network ("inception", "clip", "dinov2") to an explicit
     weights file. Building a standard network resolves its weights, so a missing file fails here,
-    before any work. ``classes`` is the number of classes of per-class metrics' slots.
+    before any work. ``classes`` is the number of classes of per-class metrics' slots. ``options`` maps
+    a standard network to its constructor options (``{"dinov2": {"resize": "torch"}}``: EDM2's resize).
     """
-    weights = weights or {}
+    weights, options = weights or {}, options or {}
     slots: dict[tuple[int, int], Slot] = {}
     described: dict[int, ExtractorInfo] = {}
     slot_of: list[str] = []
     for metric in metrics:
-        module, output, standard = _network(metric, default_extractor, weights)
+        module, output, standard = _network(metric, default_extractor, weights, options)
         frozen = module if isinstance(module, Frozen) else Frozen(module)
         if id(module) not in described:
             described[id(module)] = describe(frozen)
         slot = slots.get((id(module), output))
         if slot is None:
-            info = described[id(module)]
-            if output:
-                info = ExtractorInfo(f"{info.name}-logits", LOGITS_DIM, info.input_range, info.fingerprint, info.config)
-            name = _slot_name(info, standard, metric.needs.network, output, {s.name for s in slots.values()})
+            named = metric.needs.output if standard else _outputs(module)[output]
+            info = _output_info(described[id(module)], module, named)
+            name = _slot_name(info, standard, metric.needs.network, named, {s.name for s in slots.values()})
             slot = slots[(id(module), output)] = Slot(name, frozen, info, standard=standard, output=output)
         slot.moments |= metric.needs.moments
         slot.keep_features |= metric.needs.features

@@ -83,6 +83,8 @@ class Statistics:
     features: torch.Tensor | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     classes: dict[int, Statistics] = field(default_factory=dict)  # per-class moments (per-class FID)
+    # generated side with error bars: float64 (counts (G,), sums (G, d), outer sums (G, d, d)) per group i % G
+    group_moments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.mu = _float64(self.mu)
@@ -170,42 +172,78 @@ class Statistics:
             np.savez(tmp, **arrays)
 
 
+#: the arrays of a statistics .npz this module reads (kept features live in the cache only; an ADM
+#: batch's images and spatial statistics are :mod:`lightning_fid.engine._formats`'s)
+STATISTICS_KEYS = ("mu", "sigma", "n", "metadata", "class_n", "class_mu", "class_sigma")
+
+
 def load_statistics(path: str | os.PathLike) -> Statistics:
-    """Read a statistics .npz (ours, pytorch-fid's or EDM's): needs ``mu`` and ``sigma`` arrays."""
+    """Read the ``mu`` / ``sigma`` of a statistics .npz (ours, pytorch-fid's, EDM's, clean-fid's, or an ADM
+    batch's pool statistics); :func:`lightning_fid.engine.read_reference_file` reads every key of every
+    format.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not an .npz, no ``mu`` / ``sigma``, or statistics no covariance can have.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"statistics file not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
+        with np.load(path, allow_pickle=False) as f:  # members are read on access: only these, not images
+            names = list(f.files)
+            arrays = {k: f[k] for k in names if k in STATISTICS_KEYS}
     except Exception as exc:  # zip, pickle and format errors all mean "not a usable .npz"
         raise ValueError(f"cannot read statistics file {path}: {exc}") from exc
     if "mu" not in arrays or "sigma" not in arrays:
-        raise ValueError(f"{path} holds {sorted(arrays)}, but a statistics file needs 'mu' and 'sigma'")
-    arrays.pop("features", None)  # a statistics file is moments; kept features live in the cache only
+        raise ValueError(f"{path} holds {sorted(names)}, but a statistics file needs 'mu' and 'sigma'")
     stats = Statistics.from_arrays(arrays, source=str(path))
     validate_statistics(stats, str(path))
     return stats
 
 
-def validate_statistics(stats: Statistics, source: str) -> None:
-    """Refuse statistics no covariance can have, naming ``source``: a count below 2 or not an integer,
-    non-finite values, an asymmetric or non-positive-semi-definite covariance (beyond rounding)."""
-    from lightning_fid.metrics.fid import check_psd_eigenvalues, check_symmetric
+def validate_statistics(stats: Statistics, source: str, names: tuple[str, str] = ("mu", "sigma")) -> None:
+    """Refuse statistics no covariance can have, naming ``source`` and the arrays (``names``: the file's
+    keys for mean and covariance): a count below 2 or not an integer, non-finite values, an asymmetric
+    or non-positive-semi-definite covariance (beyond rounding).
+
+    Raises:
+        ValueError: naming ``source``, the array and what is wrong with it.
+    """
+    from lightning_fid.metrics.fid import PSD_TOLERANCE, check_psd_eigenvalues, check_symmetric
 
     try:
         if stats.n is not None and stats.n < 2:
             raise ValueError(f"n = {stats.n}: statistics need at least 2 samples")
         if not stats.has_moments:
             return
-        for name, tensor in (("mu", stats.mu), ("sigma", stats.sigma)):
+        for name, tensor in zip(names, (stats.mu, stats.sigma)):
             check_finite(tensor, name)
-        check_symmetric(stats.sigma, "sigma")
+        check_symmetric(stats.sigma, names[1])
         symmetric = (stats.sigma + stats.sigma.T) / 2
         if int(torch.linalg.cholesky_ex(symmetric)[1]) != 0:  # not positive definite: look closer
-            check_psd_eigenvalues(torch.linalg.eigvalsh(symmetric), "sigma")
+            # Rank-deficient covariances (fewer samples than dimensions) are common: accept them without
+            # an eigendecomposition when S + PSD_TOLERANCE * r * I is positive definite, r a Rayleigh
+            # quotient (<= the largest eigenvalue, so this is never looser than the exact check below).
+            shift = PSD_TOLERANCE * _rayleigh_quotient(symmetric)
+            eye = torch.eye(symmetric.shape[0], dtype=symmetric.dtype, device=symmetric.device)
+            if shift <= 0 or int(torch.linalg.cholesky_ex(symmetric + shift * eye)[1]) != 0:
+                check_psd_eigenvalues(torch.linalg.eigvalsh(symmetric), names[1])
     except ValueError as exc:
         raise ValueError(f"{source}: {exc}") from None
+
+
+def _rayleigh_quotient(s: torch.Tensor, steps: int = 30) -> float:
+    """v^T S v for v after ``steps`` power iterations from a fixed start: a lower bound of S's largest
+    eigenvalue (any unit vector's quotient is), close to it after a few steps."""
+    v = torch.ones(s.shape[0], dtype=s.dtype, device=s.device)
+    for _ in range(steps):
+        w = s @ v
+        norm = torch.linalg.vector_norm(w)
+        if not bool(norm > 0):
+            return 0.0
+        v = w / norm
+    return float(v @ (s @ v))
 
 
 def identity_metadata(info: Any) -> dict[str, str]:
@@ -215,14 +253,21 @@ def identity_metadata(info: Any) -> dict[str, str]:
 
 
 def check_identity(
-    stats: Statistics, extractor: str, dim: int, fingerprint: str | None, source: str, config: str | None = None
+    stats: Statistics,
+    extractor: str,
+    dim: int,
+    fingerprint: str | None,
+    source: str,
+    config: str | None = None,
+    hint: str | None = None,
 ) -> None:
     """Refuse statistics made by another network than the one scored against them.
 
     Statistics files we write record the extractor's name (preprocessing included) and its weights'
     hash; when they disagree with ``extractor`` / ``fingerprint``, or the dimension differs, the
     numbers would not be comparable, so this raises. A file that records nothing (pytorch-fid's,
-    EDM's) cannot be checked beyond its dimension: a warning says so.
+    EDM's) cannot be checked beyond its dimension: a warning says so, with ``hint`` (what the file's
+    format says of the network that made it) when given.
 
     Raises:
         ValueError: naming the file, what it records and what this run computes.
@@ -230,7 +275,7 @@ def check_identity(
     if stats.dim != dim:
         raise ValueError(
             f"{source} holds {stats.dim}-d statistics but {extractor} gives {dim}-d features: it was "
-            "computed with another network"
+            f"computed with another network{f' ({hint})' if hint else ''}"
         )
     recorded = stats.metadata.get("extractor")
     if recorded is not None and recorded != extractor:
@@ -252,7 +297,8 @@ def check_identity(
         )
     if recorded is None:
         warnings.warn(
-            f"{source} does not record which network computed it: make sure it holds {extractor} "
-            f"statistics (same network, weights and preprocessing), or the value is not comparable",
+            f"{source} does not record which network computed it{f' ({hint})' if hint else ''}: make sure "
+            f"it holds {extractor} statistics (same network, weights and preprocessing), or the value is not "
+            "comparable",
             stacklevel=3,
         )

@@ -103,6 +103,31 @@ class TorchFidelityInception(FeatureExtractorInceptionV3):
 
 PREPROCESSINGS = ("tf", "pytorch-fid")
 
+#: sFID's block and width. ADM's evaluator (openai/guided-diffusion evaluations/evaluator.py) reads the
+#: TF graph's tensor ``mixed_6/conv:0`` and keeps ``spatial[..., :7]``. Which torch module that is:
+#: the 2015 graph names its Inception blocks mixed, mixed_1, ..., mixed_10 in node order; mixed_3 is
+#: the 35 -> 17 reduction (torchvision's Mixed_6a), so mixed_4..mixed_7 are the four 17 x 17 blocks
+#: Mixed_6b..Mixed_6e and mixed_6 is Mixed_6d. The weights file agrees independently of the order:
+#: torch-fidelity's converter (toshas/torch-fidelity inception_features.py, map_tf_to_pt) stores
+#: 'mixed_6/conv/conv2d_params' and 'mixed_6/conv/batchnorm' as Mixed_6d.branch1x1.conv / .bn, and
+#: mixed_7's 7x7 tower has 192 channels (Mixed_6e, channels_7x7=192) where mixed_6's has 160. Within
+#: the scope the graph's ops are conv/conv2d_params, conv/Conv2D (the raw convolution), the
+#: conv/batchnorm constants, conv/batchnorm (BatchNormWithGlobalNormalization), conv/CheckNumerics,
+#: conv/control_dependency and last ``conv`` itself (anshuman23/tensorflex lists the graph's ops in
+#: this order): the bare name is the ReLU after BatchNorm, i.e. BasicConv2d's output. Ports that read
+#: Mixed_6e (or the raw convolution) compute another feature.
+SPATIAL_BLOCK = "Mixed_6d"
+SPATIAL_CHANNELS = 7
+#: 7 channels on the 17 x 17 grid of a 299 x 299 input
+SPATIAL_DIM = SPATIAL_CHANNELS * 17 * 17
+
+
+def spatial_features(branch1x1: torch.Tensor) -> torch.Tensor:
+    """ADM's sFID vector from Mixed_6d.branch1x1's (N, 192, 17, 17) output: the first 7 channels,
+    flattened in TF's NHWC order (ADM's ``spatial[..., :7].reshape(N, -1)``), so that index
+    ``(h * 17 + w) * 7 + c`` holds channel c at (h, w), as in ADM's ``mu_s`` / ``sigma_s``."""
+    return branch1x1[:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).reshape(branch1x1.shape[0], -1).to(torch.float32)
+
 
 class InceptionV3(AlwaysEval):
     """2048-d pool3 features of the TF-ported Inception-v3 (``inception-2015-12-05``).
@@ -112,6 +137,17 @@ class InceptionV3(AlwaysEval):
     ``preprocess="pytorch-fid"`` reproduces pytorch-fid's own folder pipeline instead (PyTorch's
     bilinear resize of x / 255, then 2x - 1), for comparing with numbers published with pytorch-fid.
     Weights are resolved by :func:`resolve_weights` and loaded with ``weights_only=True``.
+
+    Args:
+        weights_path: the weights file (default: the verified cache, or a download).
+        logits: also return the 1008 unbiased logits (Inception Score's input).
+        preprocess: ``"tf"`` (the TF graph's, default) or ``"pytorch-fid"``.
+        spatial: also return sFID's 2023-d spatial features (ADM's ``mixed_6/conv:0``, first 7
+            channels, NHWC order; see :data:`SPATIAL_BLOCK`), from the same forward pass.
+
+    Raises:
+        ValueError: an unknown ``preprocess``, or logits / spatial features with a preprocessing
+            other than ``"tf"`` (both are defined on the TF graph's).
     """
 
     name = "inception-v3-tf-2015-12-05"
@@ -119,15 +155,22 @@ class InceptionV3(AlwaysEval):
     input_range = "uint8"
 
     def __init__(
-        self, weights_path: str | os.PathLike | None = None, logits: bool = False, preprocess: str = "tf"
+        self,
+        weights_path: str | os.PathLike | None = None,
+        logits: bool = False,
+        preprocess: str = "tf",
+        spatial: bool = False,
     ) -> None:
         super().__init__()
         if preprocess not in PREPROCESSINGS:
             raise ValueError(f"preprocess={preprocess!r}; choose from {PREPROCESSINGS}")
-        if preprocess != "tf" and logits:
-            raise ValueError("Inception Score logits are defined on the TF preprocessing: use preprocess='tf'")
+        if preprocess != "tf" and (logits or spatial):
+            what = "Inception Score logits" if logits else "sFID's spatial features"
+            raise ValueError(f"{what} are defined on the TF preprocessing: use preprocess='tf'")
         self.logits = logits
-        self.outputs = ("features", "logits") if logits else ("features",)  # what forward returns, in order
+        self.spatial = spatial
+        # what forward returns, in order
+        self.outputs = ("features",) + (("logits",) if logits else ()) + (("spatial",) if spatial else ())
         self.preprocess = preprocess
         if preprocess != "tf":
             self.name = f"{type(self).name}-{preprocess}"
@@ -138,14 +181,25 @@ class InceptionV3(AlwaysEval):
         except RuntimeError as exc:  # wrong keys or shapes
             raise WeightsError(f"{path} is not an Inception-v3 FID state dict: {exc}") from exc
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """uint8 (N, 3, H, W) -> float32 (N, 2048) pool features, and with ``logits=True`` also the
-        (N, 1008) unbiased logits (Inception Score's input) from the same forward pass."""
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """uint8 (N, 3, H, W) -> float32 (N, 2048) pool features; with ``logits=True`` also the (N, 1008)
+        unbiased logits and with ``spatial=True`` the (N, 2023) sFID features, all from one forward
+        pass, in the order of ``outputs``."""
         if images.dtype != torch.uint8:
             raise ValueError(f"InceptionV3 expects uint8 images (use lightning_fid.to_uint8), got {images.dtype}")
         with torch.no_grad():
             if self.preprocess == "pytorch-fid":  # its folder pipeline: ToTensor, bilinear resize, 2x - 1
                 x = F.interpolate(images.float() / 255.0, size=(299, 299), mode="bilinear", align_corners=False)
                 return self.net.pool_features(2 * x - 1)
-            outputs = self.net(images)
-        return (outputs[0], outputs[1]) if self.logits else outputs[0]
+            if not self.spatial:
+                outputs = self.net(images)
+                return (outputs[0], outputs[1]) if self.logits else outputs[0]
+            # a hook held only for this pass: the module's configuration (its identity) carries no hook
+            captured: list[torch.Tensor] = []
+            branch = getattr(self.net, SPATIAL_BLOCK).branch1x1
+            handle = branch.register_forward_hook(lambda module, args, out: captured.append(spatial_features(out)))
+            try:
+                outputs = self.net(images)
+            finally:
+                handle.remove()
+        return (*outputs, captured[0])
