@@ -14,9 +14,11 @@ from lightning_fid.engine import (
     Evaluator,
     FeatureBank,
     FeatureMoments,
+    LabelPolicy,
     RealData,
     Reference,
     Statistics,
+    format_card,
     load_statistics,
     resolve_reference,
     to_uint8,
@@ -27,6 +29,7 @@ from lightning_fid.metrics import (
     FID,
     KID,
     METRICS,
+    SFID,
     DensityCoverage,
     FDDINOv2,
     FIDInfinity,
@@ -43,10 +46,15 @@ from lightning_fid.metrics import (
     reference_factor,
     sqrtm_psd,
 )
+from lightning_fid.protocols import PROTOCOLS, Protocol
 
 __version__ = "0.2.0"
 
-_LAZY = {"GenerativeMetrics": "lightning_fid.callbacks", "FreshEarlyStopping": "lightning_fid.callbacks"}
+_LAZY = {
+    "GenerativeMetrics": "lightning_fid.callbacks",
+    "FreshEarlyStopping": "lightning_fid.callbacks",
+    "NoiseAwareCheckpoint": "lightning_fid.callbacks",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -62,6 +70,7 @@ __all__ = [
     "FID",
     "KID",
     "METRICS",
+    "SFID",
     "DINOv2",
     "DensityCoverage",
     "Evaluator",
@@ -74,14 +83,19 @@ __all__ = [
     "InceptionScore",
     "InceptionV3",
     "IntraFID",
+    "LabelPolicy",
     "Metric",
     "Needs",
+    "NoiseAwareCheckpoint",
+    "PROTOCOLS",
     "PerClassFID",
     "PrecisionRecall",
+    "Protocol",
     "RealData",
     "Reference",
     "Statistics",
     "cmmd",
+    "format_card",
     "frechet_distance",
     "kid",
     "kid_full",

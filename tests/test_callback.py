@@ -136,7 +136,7 @@ def test_misconfiguration_raises_before_training(tmp_path, kwargs, match):
         ({"metrics": ("fid", "isc")}, "unknown metric"),
         ({"num_samples": 1}, "at least 2 generated samples"),
         ({"metrics": (KID(subset_size=50),)}, r"KID\(subset_size=50\) is larger than num_samples=23"),
-        ({"real": "ref.npz"}, "no such image folder or statistics file"),
+        ({"real": "ref.npz"}, "no such image folder or reference file"),
         ({"input_range": (1, -1)}, "low < high"),
         ({"real": None}, "real= is required"),
     ],
@@ -232,7 +232,7 @@ def test_final_evaluation_two_instances_and_callable_source(tmp_path):
         **trainer_kwargs(tmp_path, max_epochs=1, logger=logger, enable_checkpointing=True),
     )
     trainer.fit(TinyGAN(), *loaders())
-    assert set(small.final_metrics) == {"final_fid"}
+    assert set(small.final_metrics) == {"final_fid", "final_fid_se"}
     assert small.final_metrics["final_fid"] != small.history[-1]["fid"]  # 40 samples, not 23
     assert other.history[0]["fid"] == pytest.approx(small.history[0]["fid"], rel=1e-12)  # callable -> same data
     assert "cb2/fid" in trainer.callback_metrics and "fid" in trainer.callback_metrics

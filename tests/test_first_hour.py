@@ -38,7 +38,7 @@ def test_bf16_true_weights_with_float32_noise_are_explained_in_the_dry_run(tmp_p
 
 
 def test_a_missing_folder_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"real='/missing/folder': no such image folder or statistics file"):
+    with pytest.raises(ValueError, match=r"real='/missing/folder': no such image folder or reference file"):
         make_callback(tmp_path, real="/missing/folder")
 
 

@@ -40,6 +40,7 @@ from lightning_fid.metrics import (
     CMMD,
     FID,
     KID,
+    SFID,
     DensityCoverage,
     FDDINOv2,
     FIDInfinity,
@@ -185,6 +186,12 @@ CASES: dict[str, Case] = {
         lambda: TinyFeatures(seed=4),
         lambda r, f: {"fd_dinov2": _fd(r, f)},
     ),
+    "sfid": Case(
+        lambda: SFID(extractor=TinyFeatures(seed=6)),
+        lambda: SFID(extractor=TinyFeatures(seed=6), key="sfid2"),
+        lambda: TinyFeatures(seed=6),
+        lambda r, f: {"sfid": _fd(r, f)},
+    ),
     "fid_per_class": Case(
         lambda: "fid_per_class",
         lambda: PerClassFID(key="pc"),
@@ -282,7 +289,9 @@ def test_reference_values_and_logged_keys(tmp_path, name):
     model = _fit(tmp_path, callback, epochs=2, logger=logger)
     expected = case.expected(*_features(case.net(), model, case.per_class))
     got = callback.history[-1]
-    assert set(expected) == set(_declared(callback))
+    errors = [key + "_se" for key in callback.evaluator.scorer.error_keys()]  # error bars: tests/test_error_bars.py
+    assert set(expected) | set(errors) == set(_declared(callback))
+    assert all(math.isfinite(got[key]) and got[key] >= 0 for key in errors)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
     for key in _declared(callback) + ["eval_seconds"]:  # each key once per evaluation

@@ -76,3 +76,44 @@ def test_underflowed_probabilities_do_not_give_nan():
 def test_bad_inputs(logits, splits, match):
     with pytest.raises(ValueError, match=match):
         inception_score(logits, splits)
+
+
+def _adm_inception_score(logits: np.ndarray, split_size: int) -> float:
+    """guided-diffusion's evaluations/evaluator.py compute_inception_score, on softmax(logits)."""
+    z = logits.astype(np.float64)
+    preds = np.exp(z - z.max(1, keepdims=True))
+    preds /= preds.sum(1, keepdims=True)
+    scores = []
+    for i in range(0, len(preds), split_size):
+        part = preds[i : i + split_size]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return float(np.mean(scores))
+
+
+@pytest.mark.parametrize("n, split_size", [(1000, 250), (1030, 250), (300, 5000)])
+def test_split_size_matches_guided_diffusion(rng, n, split_size):
+    from lightning_fid.engine._stats import Statistics
+    from lightning_fid.metrics import InceptionScore
+    from lightning_fid.metrics.base import Context, RunInfo
+
+    logits = _logits(rng, n, classes=64, scale=1.0)
+    expected = _adm_inception_score(logits, split_size)
+    assert inception_score(logits, split_size=split_size)[0] == pytest.approx(expected, rel=1e-12)
+    metric = InceptionScore(split_size=split_size)
+    out = metric.compute(Statistics(), Statistics(features=torch.from_numpy(logits)), Context(groups=10))
+    splits = -(-n // split_size)
+    assert len(split_scores(logits, split_size=split_size)) == splits
+    if splits >= 2:  # its splits are its jackknife groups
+        assert metric.error_keys(RunInfo(num_samples=n)) == ("is",)
+        assert out["is"].value == pytest.approx(expected, rel=1e-12) and out["is"].se > 0
+    else:
+        assert metric.error_keys(RunInfo(num_samples=n)) == () and out["is"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_a_last_split_of_one_sample_is_refused():
+    from lightning_fid.metrics import InceptionScore
+    from lightning_fid.metrics.base import RunInfo
+
+    with pytest.raises(ValueError, match="last split of 1 sample"):
+        InceptionScore(split_size=5).check_run(RunInfo(num_samples=11))

@@ -59,7 +59,7 @@ print(sorted(values))
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip() == "['fid', 'kid', 'kid_std']"
+    assert out.stdout.strip() == "['fid', 'fid_se', 'kid', 'kid_se', 'kid_std']"
 
 
 def _modules():

@@ -533,7 +533,8 @@ def test_two_callbacks_with_their_own_prefixes_keep_their_own_keys_files_and_sta
     trainer = pl.Trainer(callbacks=[raw, other], **trainer_kwargs(tmp_path, max_epochs=2))
     trainer.fit(TinyGAN(), *loaders())
     assert {"raw/fid", "raw/eval_seconds", "b/kid", "b/eval_seconds"} <= set(trainer.callback_metrics)
-    assert [set(e) - {"epoch", "step"} for e in raw.history] == [{"fid", "eval_seconds"}] * 2
+    first, paired = {"fid", "fid_se", "eval_seconds"}, {"fid_vs_best", "fid_vs_best_se"}  # error bars: on by default
+    assert [set(e) - {"epoch", "step"} for e in raw.history] == [first, first | paired]
     assert raw.state_key != other.state_key
     assert {p.name for p in tmp_path.glob("lightning_fid_history*.json")} == {
         "lightning_fid_history_raw.json",

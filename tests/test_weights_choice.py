@@ -58,6 +58,10 @@ def test_final_values_use_the_history_weights(tmp_path, order):
         "final_fid_raw",
         "final_kid_raw",
         "final_kid_std_raw",
+        "final_fid_se",  # error bars, on by default
+        "final_kid_se",
+        "final_fid_se_raw",
+        "final_kid_se_raw",
     }
     averaged_now, _ = make_callback(tmp_path, metrics=standard_metrics()[:2]).evaluate(
         model, 30

@@ -2,6 +2,7 @@
 and history. Everything it computes comes from :mod:`lightning_fid.engine`."""
 
 from lightning_fid.callbacks._callback import GenerativeMetrics
+from lightning_fid.callbacks._checkpoint import NoiseAwareCheckpoint
 from lightning_fid.callbacks._monitors import FreshEarlyStopping
 
-__all__ = ["FreshEarlyStopping", "GenerativeMetrics"]
+__all__ = ["FreshEarlyStopping", "GenerativeMetrics", "NoiseAwareCheckpoint"]

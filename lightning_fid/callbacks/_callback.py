@@ -7,7 +7,6 @@ else (sampling, extraction, merge, reference statistics, metric math) is the eng
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,9 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from typing_extensions import override
 
+from lightning_fid.callbacks._evaluation import check_final_seeds, evaluate_and_log, final_evaluation, test_evaluation
 from lightning_fid.callbacks._history import History
-from lightning_fid.callbacks._reporting import log_grid, log_values
-from lightning_fid.callbacks._run import RunState, evaluate_choices
+from lightning_fid.callbacks._run import RunState
 from lightning_fid.callbacks._schedule import Cadence
 from lightning_fid.callbacks._stages import (
     check_own_keys,
@@ -32,12 +31,14 @@ from lightning_fid.callbacks._stages import (
     start_fit,
     start_training,
 )
-from lightning_fid.callbacks._weights import CHOICES, WeightsChoice, raw_snapshot_needed, resolve_choice
+from lightning_fid.callbacks._weights import WeightsChoice, check_choice, raw_snapshot_needed, resolve_choice
 from lightning_fid.engine import Evaluator, StatsCache
 from lightning_fid.engine._images import InputRange
+from lightning_fid.engine._labels import LabelPolicy
 from lightning_fid.engine._sampling import SampleFn, make_sampler
 from lightning_fid.extractors.weights import cache_dir as default_cache_root
 from lightning_fid.metrics.base import Metric
+from lightning_fid.protocols import DEFAULT_PROTOCOL
 
 
 class GenerativeMetrics(Callback):
@@ -46,15 +47,18 @@ class GenerativeMetrics(Callback):
     Args:
         real: the reference data: a :class:`~lightning_fid.RealData` (which also says how to read it),
             or a DataLoader, a Dataset, a callable returning either, ``"train"`` / ``"val"`` (the
-            trainer's loaders), an image folder, or a statistics ``.npz`` (Fréchet distances only).
+            trainer's loaders), an image folder, or a reference file (ADM/EDM/pytorch-fid/clean-fid .npz, EDM2 .pkl).
         sample_fn: ``sample_fn(module, batch_size, generator) -> images`` (NCHW in ``input_range``);
             ``generator`` is a seeded CPU ``torch.Generator``. It may declare keyword parameters
             ``index`` (the batch's global sample indices) and ``conditions`` (its slice of
             ``conditions``). Optional if the module defines ``sample_images(batch_size, generator)``.
-        metrics: metric names (``"fid"``, ``"kid"``, ``"cmmd"``, ``"is"``, ``"precision"``, ``"recall"``,
-            ``"density"``, ``"coverage"``, ``"fid_inf"``, ``"fd_dinov2"``, ``"fid_per_class"``,
+        metrics: metric names (``"fid"``, ``"sfid"``, ``"kid"``, ``"cmmd"``, ``"is"``, ``"precision"``,
+            ``"recall"``, ``"density"``, ``"coverage"``, ``"fid_inf"``, ``"fd_dinov2"``, ``"fid_per_class"``,
             ``"intra_fid"``) or :class:`~lightning_fid.metrics.Metric` objects with their options,
-            e.g. ``KID(subset_size=500)``, your own subclasses included.
+            e.g. ``KID(subset_size=500)``, your own subclasses included (default: the protocol's).
+        protocol: ``"torch-fidelity"`` (default), ``"adm"``, ``"edm2"`` or ``"pytorch-fid"``: the metrics,
+            options and preprocessing of a family of papers (:mod:`lightning_fid.protocols`); explicit
+            options override it and the protocol card records each deviation.
         feature_extractor: the network of metrics that read Inception-v3's pool features, when they
             have no ``extractor`` of their own (default: :class:`~lightning_fid.InceptionV3`).
         num_samples: generated samples per evaluation (fixed noise, so evaluations are comparable).
@@ -67,7 +71,10 @@ class GenerativeMetrics(Callback):
             ``EMAWeightAveraging`` is present, else the raw ones), ``"raw"``, ``"averaged"``, or
             ``"both"`` (averaged under the normal keys, raw under ``<key>_raw``).
         conditions: one entry per generated sample (labels tensor, list of prompts, ...); sample
-            ``i`` always gets ``conditions[i]``, passed to the sampler as ``conditions=``.
+            ``i`` always gets ``conditions[i]``, passed to the sampler as ``conditions=``. Or a label
+            policy with ``num_classes``: ``"uniform"`` (a random class per sample, as DiT) or
+            ``"balanced"`` (N / num_classes per class, as VAR / MAR).
+        num_classes: the generator's number of classes, for ``conditions="uniform"`` / ``"balanced"``.
         sample_autocast: sample under ``torch.autocast`` with this dtype (extraction stays exact).
         input_range: range of generated images: ``(-1, 1)``, ``(0, 1)`` or ``"uint8"``.
         range_check: refuse, before training, generated float images that fill only the upper half of
@@ -75,12 +82,17 @@ class GenerativeMetrics(Callback):
         prefix: prepended to every logged key; two callbacks on one trainer need different prefixes.
         final_num_samples: if set, one more evaluation with this many samples at the end of fit,
             logged as ``final_<key>`` (also the sample count of ``trainer.test``).
+        final_seeds: repeat that evaluation with this many noise seeds (``seed``, ``seed + 1``, ...):
+            ``final_<key>`` is then their mean, with ``final_std_<key>``, ``final_min_<key>`` (EDM's
+            practice) and ``final_max_<key>``.
         log_images: number of fixed-noise samples shown as a grid each evaluation (0: none).
         cache_dir: where reference statistics are cached (default: ``$LIGHTNING_FID_HOME/stats``).
         use_cache: False reads the real data at every fit.
         progress: show progress bars on rank 0.
         prog_bar: show the first metric's latest value in Lightning's progress bar.
         dry_run_samples: samples drawn before training to check the whole chain (default: one batch).
+        error_bars: log ``<key>_se`` (jackknife over 10 sample groups; an int: that many) and the paired
+            ``<key>_vs_best`` / ``<key>_vs_best_se`` to the best evaluation so far; False: neither.
 
     Raises:
         ValueError: before any network is loaded, for every option that cannot work (unknown metric,
@@ -97,7 +109,7 @@ class GenerativeMetrics(Callback):
         self,
         real: Any,
         sample_fn: SampleFn | None = None,
-        metrics: Sequence[str | Metric] = ("fid",),
+        metrics: Sequence[str | Metric] | None = None,
         feature_extractor: nn.Module | None = None,
         num_samples: int = 10_000,
         batch_size: int = 250,
@@ -105,7 +117,7 @@ class GenerativeMetrics(Callback):
         every_n_epochs: int | None = None,
         every_n_steps: int | None = None,
         weights: WeightsChoice = "auto",
-        conditions: Sequence[Any] | None = None,
+        conditions: Sequence[Any] | str | LabelPolicy | None = None,
         sample_autocast: torch.dtype | None = None,
         input_range: InputRange = (-1.0, 1.0),
         range_check: bool = True,
@@ -117,11 +129,17 @@ class GenerativeMetrics(Callback):
         progress: bool = True,
         prog_bar: bool = False,
         dry_run_samples: int | None = None,
+        protocol: str = DEFAULT_PROTOCOL,
+        num_classes: int | None = None,
+        final_seeds: int = 1,
+        error_bars: bool | int = True,
     ) -> None:
         super().__init__()
         self.evaluator = Evaluator(
             real,
             metrics,
+            protocol=protocol,
+            num_classes=num_classes,
             sample_fn=sample_fn,
             feature_extractor=feature_extractor,
             num_samples=num_samples,
@@ -136,16 +154,16 @@ class GenerativeMetrics(Callback):
             cache=StatsCache(cache_dir or default_cache_root() / "stats") if use_cache else None,
             range_check=range_check,
             final_num_samples=final_num_samples,
+            error_bars=error_bars,
         )
         default_epochs = 1 if every_n_epochs is None and every_n_steps is None else every_n_epochs
         self.cadence = Cadence(default_epochs, every_n_steps)
-        self.weights = weights
-        if weights not in CHOICES:
-            raise ValueError(f"weights={weights!r}; choose from {CHOICES}")
-        self.prefix = prefix
-        self.prog_bar = prog_bar
-        self.final_num_samples = final_num_samples
+        self.weights = check_choice(weights)
+        self.prefix, self.prog_bar, self.final_num_samples = prefix, prog_bar, final_num_samples
+        self.final_seeds = check_final_seeds(final_seeds, final_num_samples)
         self.run = RunState(History(prefix))
+        self.card: dict[str, Any] | None = None  # the protocol card, once the reference is known
+        self._resumed_card: dict[str, Any] | None = None
         self._choices: tuple[str, ...] = ("raw",)
         check_own_keys(self)
 
@@ -222,14 +240,14 @@ class GenerativeMetrics(Callback):
         if trainer.sanity_checking or fast_dev_run(trainer):
             return
         if trainer.state.fn == TrainerFn.VALIDATING:  # trainer.validate(): its own keys, not the training history
-            self._evaluate_and_log(trainer, pl_module, in_validation=True, stage="validate/")
+            evaluate_and_log(self, trainer, pl_module, in_validation=True, stage="validate/")
         elif not self.cadence.by_steps and self.should_evaluate(trainer):
-            self._evaluate_and_log(trainer, pl_module, in_validation=True)
+            evaluate_and_log(self, trainer, pl_module, in_validation=True)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         if self.cadence.by_steps and self.should_evaluate(trainer) and not fast_dev_run(trainer):
-            self._evaluate_and_log(trainer, pl_module, on_step=True)
+            evaluate_and_log(self, trainer, pl_module, on_step=True)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -237,22 +255,18 @@ class GenerativeMetrics(Callback):
         # epoch without a validation run is evaluated here.
         evaluated = self.run.last_evaluated is not None and self.run.last_evaluated[0] == trainer.current_epoch
         if not self.cadence.by_steps and self.should_evaluate(trainer) and not evaluated and not fast_dev_run(trainer):
-            self._evaluate_and_log(trainer, pl_module)
+            evaluate_and_log(self, trainer, pl_module)
         if self.final_num_samples is not None and raw_snapshot_needed(self._choices, trainer, self):
             self.run.raw_snapshot = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
 
     @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        n = self.final_num_samples or self.evaluator.num_samples
-        values, _ = evaluate_choices(self.evaluator, self._choices, trainer, pl_module, self, n)
-        log_values(trainer, pl_module, {"test/" + self.prefix + k: v for k, v in values.items()})  # not recorded
+        test_evaluation(self, trainer, pl_module)
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.final_num_samples is not None and not fast_dev_run(trainer):
-            n, snapshot = self.final_num_samples, self.run.raw_snapshot
-            values, _ = evaluate_choices(self.evaluator, self._choices, trainer, pl_module, self, n, False, snapshot)
-            self.run.finish({self.prefix + "final_" + k: v for k, v in values.items()}, trainer)
+            final_evaluation(self, trainer, pl_module)
 
     def evaluate(
         self, pl_module: nn.Module, num_samples: int | None = None
@@ -260,28 +274,14 @@ class GenerativeMetrics(Callback):
         """(values, grid on rank 0) of the module's current weights; also outside ``fit`` (collective)."""
         return self.evaluator.evaluate(pl_module, num_samples)
 
-    def _evaluate_and_log(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, in_validation=False, on_step=False, stage=""
-    ) -> None:
-        start = time.perf_counter()
-        n = self.evaluator.num_samples
-        values, grid = evaluate_choices(self.evaluator, self._choices, trainer, pl_module, self, n, in_validation)
-        values["eval_seconds"] = time.perf_counter() - start
-        shown = {stage + self.prefix + k for k in self.keys()[:1]} if self.prog_bar else set()
-        log_values(trainer, pl_module, {stage + self.prefix + k: v for k, v in values.items()}, on_step, shown)
-        keys = self.evaluator.keys()
-        if not stage:  # evaluations of the training run only
-            self.run.record(trainer, values, keys[0] if keys else None, self.metrics[0].higher_is_better)
-        if grid is not None and trainer.is_global_zero:
-            log_grid(trainer, grid, f"{self.prefix}samples", trainer.global_step, trainer.current_epoch)
-
     @override
     def state_dict(self) -> dict[str, Any]:
-        return self.run.state_dict(self.evaluator)
+        return {**self.run.state_dict(self.evaluator), "card": self.card}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # conflicts with the constructor warn
         self.run.load_state_dict(state_dict, self.evaluator)
+        self._resumed_card = state_dict.get("card") if isinstance(state_dict.get("card"), dict) else None
 
     @override
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:

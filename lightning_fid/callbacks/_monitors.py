@@ -29,10 +29,19 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from lightning_fid.callbacks._checkpoint import (
+    anchor_state,
+    check_noise_source,
+    latest_estimate,
+    load_anchor,
+    significant,
+)
 from lightning_fid.callbacks._schedule import Cadence
+from lightning_fid.metrics._jackknife import Estimate
+from lightning_fid.metrics.base import check_positive
 
 
 @dataclass(frozen=True)
@@ -152,11 +161,67 @@ class FreshEarlyStopping(EarlyStopping):
     validation, endless data included), after an epoch-schedule one (at that epoch's validation or
     training end), whatever the order of the callbacks. Every argument is ``EarlyStopping``'s. For a
     key no GenerativeMetrics logs it behaves exactly like ``EarlyStopping``.
+
+    With ``noise_aware=True`` an evaluation counts as an improvement only when it beats the last
+    improvement by more than ``z`` paired standard errors (and ``min_delta``): patience then runs out
+    on a plateau instead of being reset by lucky draws of the noise (see
+    :mod:`lightning_fid.callbacks._checkpoint`). The monitored key must have error bars.
+
+    Args:
+        noise_aware: decide on paired standard errors (off: exactly ``EarlyStopping``'s comparison).
+        z: how many paired standard errors an improvement must exceed under ``noise_aware``.
+
+    Raises:
+        ValueError: ``z`` not positive, a ``stopping_threshold`` / ``divergence_threshold`` with
+            ``noise_aware``, or (before training) a noise-aware monitor on a key without error bars.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, noise_aware: bool = False, z: float = 2.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._checked: tuple[int, int] | None = None  # the (epoch, step) of the last evaluation checked
+        self.noise_aware = bool(noise_aware)
+        self.z = check_positive(z, "FreshEarlyStopping z")
+        if self.noise_aware and (self.stopping_threshold is not None or self.divergence_threshold is not None):
+            raise ValueError("FreshEarlyStopping(noise_aware=True) decides on patience only: drop the thresholds")
+        self._anchor: Estimate | None = None  # the last evaluation that counted as an improvement
+
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if self.noise_aware and stage == "fit":
+            check_noise_source("FreshEarlyStopping(noise_aware=True)", self.monitor, trainer)
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "anchor": anchor_state(self._anchor)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._anchor = load_anchor(state_dict.get("anchor"))
+
+    def _noise_aware_check(self, trainer: pl.Trainer) -> None:
+        """Patience counts evaluations without a significant improvement over the anchor."""
+        _, estimate = latest_estimate(self.monitor, trainer)
+        if estimate is None:
+            return
+        if significant(estimate, self._anchor, self.mode, self.z, self.min_delta):
+            self._anchor, self.wait_count = estimate, 0
+            self.best_score = torch.tensor(estimate.value)
+            stop = False
+        else:
+            self.wait_count += 1
+            stop = self.wait_count >= self.patience
+        stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        trainer.should_stop = trainer.should_stop or stop
+        if stop:
+            self.stopped_epoch = trainer.current_epoch
+            self.stopping_reason_message = (
+                f"{self.monitor} did not improve by more than {self.z} paired standard errors in the last "
+                f"{self.wait_count} evaluations; best {self.best_score:.4g}"
+            )
+            if self.verbose:
+                rank_zero_info(self.stopping_reason_message)
 
     def _source(self, trainer: pl.Trainer) -> Callback | None:
         for callback in trainer.callbacks:
@@ -177,6 +242,9 @@ class FreshEarlyStopping(EarlyStopping):
                 f"FreshEarlyStopping: {self.monitor} is not finite at step {last[1]}; this evaluation "
                 "does not count towards patience"
             )
+            return
+        if self.noise_aware:
+            self._noise_aware_check(trainer)
             return
         # EarlyStopping's own check (a method of the class we extend, not patched): compares the value
         # just logged and counts patience

@@ -129,6 +129,49 @@ class FeatureMoments:
         return cls.from_statistics(load_statistics(path))
 
 
+class GroupMoments:
+    """Float64 count, sum and sum of outer products of features per jackknife group ``index % groups``.
+
+    What the Fréchet distances' error bars need from the generated side (see
+    :mod:`lightning_fid.metrics._jackknife`): ``groups`` x (1 + d + d^2) float64 values, which replace
+    the total :class:`FeatureMoments` (their sum; the same flops, ``groups - 1`` more d x d matrices).
+    They add up across batches and ranks, so they merge in the same single all-reduce. Rows wait per
+    group until ``flush_rows`` of them are there: one outer-product update per group and batch would
+    stream all G d x d matrices through memory for a few rows each (G times the traffic of the total).
+    """
+
+    def __init__(self, dim: int, groups: int, device: torch.device | str | None = None, flush_rows: int = 512) -> None:
+        self.groups, self.flush_rows = groups, flush_rows
+        self.n = torch.zeros(groups, dtype=torch.float64, device=device)
+        self.sum = torch.zeros(groups, dim, dtype=torch.float64, device=device)
+        self.outer = torch.zeros(groups, dim, dim, dtype=torch.float64, device=device)
+        self._waiting: list[list[torch.Tensor]] = [[] for _ in range(groups)]
+
+    def update(self, features: torch.Tensor, index: torch.Tensor) -> None:
+        """Add a (B, d) batch whose rows have the global sample indices ``index``."""
+        check_finite(features, "features")
+        f = features.detach().to(device=self.sum.device)
+        group = index.to(self.sum.device) % self.groups
+        for g in group.unique().tolist():
+            self._waiting[g].append(f[group == g])
+            if sum(rows.shape[0] for rows in self._waiting[g]) >= self.flush_rows:
+                self._flush(g)
+
+    def _flush(self, g: int) -> None:
+        if self._waiting[g]:
+            rows = torch.cat(self._waiting[g]).to(torch.float64)
+            self._waiting[g] = []
+            self.n[g] += rows.shape[0]
+            self.sum[g] += rows.sum(dim=0)
+            self.outer[g].addmm_(rows.T, rows)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The accumulators (every waiting row added), for one packed all-reduce."""
+        for g in range(self.groups):
+            self._flush(g)
+        return [self.n, self.sum, self.outer]
+
+
 class FeatureBank:
     """Per-rank store of feature rows with global sample indices, gathered in global order.
 

@@ -16,18 +16,27 @@ import torch
 from torch import nn
 
 from lightning_fid.engine._cache import StatsCache
+from lightning_fid.engine._card import evaluator_card
 from lightning_fid.engine._distributed import agreed, rank_and_world
 from lightning_fid.engine._dry_run import dry_run
+from lightning_fid.engine._file_slots import check_file_for_metrics
 from lightning_fid.engine._hygiene import preserved_rng
 from lightning_fid.engine._images import InputRange, parse_range
+from lightning_fid.engine._labels import (
+    LabelPolicy,
+    check_class_counts,
+    count_classes,
+    label_policy,
+)
 from lightning_fid.engine._pipeline import sample_and_extract
 from lightning_fid.engine._real import as_real_data
 from lightning_fid.engine._reference import Reference, is_statistics_file, resolve_reference
 from lightning_fid.engine._sampling import SampleFn, make_sampler
 from lightning_fid.engine._scoring import Scorer, warn_rank_zero
 from lightning_fid.engine._slots import Slot, build_slots
+from lightning_fid.metrics._jackknife import check_groups
 from lightning_fid.metrics.base import Metric, RunInfo, check_int
-from lightning_fid.metrics.catalog import resolve_metrics
+from lightning_fid.protocols import DEFAULT_PROTOCOL, deviations, get_protocol
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -36,38 +45,6 @@ def module_device(module: nn.Module) -> torch.device:
     if isinstance(device, torch.device):
         return device
     return next((p.device for p in module.parameters()), torch.device("cpu"))
-
-
-def count_classes(conditions: Any, label_key: Any) -> int:
-    """Number of classes of per-class metrics: from the generated samples' integer labels."""
-    if conditions is None or label_key is None:
-        raise ValueError(
-            "per-class metrics need conditions= (the generated samples' integer class labels) and "
-            "RealData(label_key=...) (where real batches hold theirs)"
-        )
-    try:
-        labels = torch.as_tensor(conditions) if not isinstance(conditions, torch.Tensor) else conditions
-    except (TypeError, ValueError, RuntimeError):
-        raise ValueError(
-            f"per-class metrics need conditions= to be integer class labels, one per sample; got "
-            f"{type(conditions).__name__} of {type(next(iter(conditions), None)).__name__} (prompts? use a label list)"
-        ) from None
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1 or int(labels.min()) < 0:
-        raise ValueError("per-class metrics need conditions= to be non-negative integer class labels, one per sample")
-    return int(labels.max()) + 1
-
-
-def check_class_counts(conditions: Any, classes: int, num_samples: int) -> None:
-    """Refuse labels whose first ``num_samples`` (what an evaluation generates) leave a class with fewer
-    than 2 samples: its per-class FID could never be computed."""
-    labels = torch.as_tensor(conditions)[:num_samples].long()
-    counts = torch.bincount(labels, minlength=classes)
-    thin = [c for c in range(classes) if int(counts[c]) < 2]
-    if thin:
-        raise ValueError(
-            f"per-class metrics: classes {thin[:10]} get fewer than 2 of the {num_samples} generated samples "
-            "(conditions[:num_samples]); use balanced labels such as torch.arange(num_samples) % num_classes"
-        )
 
 
 class Evaluator:
@@ -80,8 +57,9 @@ class Evaluator:
     def __init__(
         self,
         real: Any,
-        metrics: str | Metric | Iterable[str | Metric] = ("fid",),
+        metrics: str | Metric | Iterable[str | Metric] | None = None,
         *,
+        protocol: str = DEFAULT_PROTOCOL,
         sample_fn: SampleFn | None = None,
         feature_extractor: nn.Module | None = None,
         weights: Mapping[str, Any] | None = None,
@@ -89,7 +67,8 @@ class Evaluator:
         batch_size: int = 250,
         seed: int = 0,
         input_range: InputRange = (-1.0, 1.0),
-        conditions: Sequence[Any] | None = None,
+        conditions: Sequence[Any] | str | LabelPolicy | None = None,
+        num_classes: int | None = None,
         sample_autocast: torch.dtype | None = None,
         cache: StatsCache | None = None,
         grid_size: int = 0,
@@ -97,8 +76,11 @@ class Evaluator:
         dry_run_samples: int | None = None,
         range_check: bool = True,
         final_num_samples: int | None = None,
+        error_bars: bool | int = True,
     ) -> None:
-        self.metrics = resolve_metrics(metrics)
+        self.protocol = get_protocol(protocol)
+        self.metrics = self.protocol.default_metrics() if metrics is None else self.protocol.resolve(metrics)
+        self.deviations = deviations(self.protocol, self.metrics, feature_extractor)
         self.real = as_real_data(real)
         if isinstance(num_samples, int) and num_samples < 2:
             raise ValueError(f"num_samples={num_samples}: metrics need at least 2 generated samples")
@@ -110,20 +92,21 @@ class Evaluator:
         if not isinstance(grid_size, int) or not 0 <= grid_size <= batch_size:
             raise ValueError(f"log_images must be between 0 and batch_size={batch_size}, got {grid_size!r}")
         needed = max(num_samples, final_num_samples or 0)
+        self.policy = label_policy(conditions, num_classes)
+        if self.policy is not None:
+            self.policy.check([num_samples, *([final_num_samples] if final_num_samples else [])])
+            conditions = self.policy.labels(needed, seed)
         if conditions is not None and len(conditions) < needed:
             raise ValueError(f"conditions has {len(conditions)} entries but {needed} samples are generated")
-        needy = [m for m in self.metrics if m.needs.features or m.needs.per_class]
-        if is_statistics_file(self.real.source) and needy:
-            raise ValueError(
-                f"a .npz statistics file holds one mean and covariance, for Fréchet distances; {needy} need real "
-                "images (per-class metrics: labelled ones, RealData(source, label_key=...))"
-            )
+        if is_statistics_file(self.real.source):  # a reference file: each metric's statistics, or images, in it
+            own = feature_extractor is not None or self.protocol.inception != "tf"
+            check_file_for_metrics(self.real.source, self.metrics, feature_extractor=own)
         per_class = any(m.needs.per_class for m in self.metrics)
-        classes = count_classes(conditions, self.real.label_key) if per_class else 0
+        classes = count_classes(conditions, self.real.label_key, self.policy) if per_class else 0
         if per_class:
             check_class_counts(conditions, classes, num_samples)
         self.run = RunInfo(num_samples=needed, classes=classes, min_samples=num_samples)
-        self.scorer = Scorer(self.metrics, (), self.run, seed)
+        self.scorer = Scorer(self.metrics, (), self.run, seed, groups=check_groups(error_bars))
         self.sample_fn = sample_fn
         self.feature_extractor = feature_extractor
         self.weights = dict(weights or {})
@@ -148,6 +131,8 @@ class Evaluator:
     @seed.setter
     def seed(self, value: int) -> None:
         self.scorer.seed = value
+        if self.policy is not None:  # uniform labels follow the seed, as the noise does
+            self.conditions = self.policy.labels(self.run.num_samples, value)
 
     def keys(self) -> list[str]:
         """Every key the metrics log, in order (per-class keys included)."""
@@ -163,7 +148,14 @@ class Evaluator:
     def build(self) -> None:
         """Build the extractor slots once (resolving published weights: fails fast when missing)."""
         if not self.slots:
-            self.slots, slot_of = build_slots(self.metrics, self.feature_extractor, self.weights, self.run.classes)
+            if self.feature_extractor is None and self.protocol.inception != "tf":  # pytorch-fid's reading
+                from lightning_fid.extractors import InceptionV3
+
+                self.feature_extractor = InceptionV3(self.weights.get("inception"), preprocess=self.protocol.inception)
+            options = {"dinov2": {"resize": self.protocol.dinov2_resize}} if self.protocol.dinov2_resize else None
+            self.slots, slot_of = build_slots(
+                self.metrics, self.feature_extractor, self.weights, self.run.classes, options=options
+            )
             self.scorer.slot_of = tuple(slot_of)
 
     def check(self, module: nn.Module) -> None:
@@ -225,10 +217,11 @@ class Evaluator:
         self.reference = reference
 
     def evaluate(
-        self, module: nn.Module, num_samples: int | None = None, strict: bool = True
+        self, module: nn.Module, num_samples: int | None = None, strict: bool = True, seed: int | None = None
     ) -> tuple[dict[str, float], torch.Tensor | None]:
         """Metrics of ``num_samples`` (default: ``self.num_samples``) fixed-noise samples of ``module``'s
-        current weights (a collective call). Returns (values, grid on rank 0 or None).
+        current weights (a collective call). Returns (values, grid on rank 0 or None). ``seed`` draws
+        another fixed noise (and, under ``conditions="uniform"``, other labels) than the run's.
 
         Non-finite generated images give NaN for every key, with a warning. With ``strict=False`` (the
         callback, once training has started) any failure of sampling, extraction or a metric gives
@@ -249,13 +242,14 @@ class Evaluator:
                     self.slots,
                     num_samples=n,
                     batch_size=self.batch_size,
-                    seed=self.seed,
+                    seed=self.seed if seed is None else seed,
                     input_range=self.input_range,
                     device=module_device(module),
-                    conditions=self.conditions,
+                    conditions=self._conditions(seed),
                     sample_autocast=self.sample_autocast,
                     grid_size=self.grid_size if rank_and_world()[0] == 0 else 0,
                     progress=self._progress(),
+                    groups=self.scorer.grouped_slots(),
                 )
             except Exception as exc:
                 if strict:
@@ -274,6 +268,17 @@ class Evaluator:
                 warn_rank_zero(f"{when}: the generator produced NaN/inf images; logging NaN for {self.keys()}")
                 return self.scorer.nan_values(), fake.grid
             return self.scorer.score(self.reference.stats, fake.stats, strict, self._progress()), fake.grid
+
+    def card(self, final_num_samples: int | None = None, final_seeds: int = 1) -> dict[str, Any]:
+        """The protocol card of this set-up (builds the networks; the reference once :meth:`prepare` ran)."""
+        self.build()
+        return evaluator_card(self, final_num_samples, final_seeds)
+
+    def _conditions(self, seed: int | None) -> Any:
+        """The generated samples' conditions under evaluation seed ``seed`` (None: the run's)."""
+        if seed is None or seed == self.seed or self.policy is None:
+            return self.conditions
+        return self.policy.labels(self.run.num_samples, seed)
 
     def _dry_run_sizes(self) -> list[int]:
         """The dry run's batch sizes: one full batch, then every evaluation's last partial batch."""

@@ -11,7 +11,7 @@ kept set, so the result is identical for any number of processes.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lightning_fid.engine._accumulators import FeatureBank, FeatureMoments
+from lightning_fid.engine._accumulators import FeatureBank, FeatureMoments, GroupMoments
 from lightning_fid.engine._distributed import Group, agreed, all_reduce_max, all_reduce_packed, any_rank, rank_and_world
 from lightning_fid.engine._hygiene import full_precision, sampling_precision
 from lightning_fid.engine._images import REAL, InputRange, image_grid, to_uint8
@@ -45,18 +45,24 @@ def check_class_memory(classes: int, dim: int) -> None:
 
 @dataclass
 class Accumulator:
-    """Per-rank accumulation of one sample set over all slots."""
+    """Per-rank accumulation of one sample set over all slots (``groups``: the slots whose moments are
+    kept per jackknife group instead, and how many groups: error bars of Fréchet distances; their total
+    is the sum of the groups')."""
 
     slots: list[Slot]
     device: torch.device
     side: str = "the generated samples"  # for messages: whose features these are
+    groups: Mapping[str, int] = field(default_factory=dict)
     moments: dict[str, FeatureMoments] = field(default_factory=dict)
+    group_moments: dict[str, GroupMoments] = field(default_factory=dict)
     banks: dict[str, FeatureBank] = field(default_factory=dict)
     class_moments: dict[str, list[FeatureMoments]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for slot in self.slots:
-            if slot.moments:
+            if slot.moments and self.groups.get(slot.name, 0):
+                self.group_moments[slot.name] = GroupMoments(slot.info.feature_dim, self.groups[slot.name], self.device)
+            elif slot.moments:
                 self.moments[slot.name] = FeatureMoments(slot.info.feature_dim, device=self.device)
             if slot.keep_features:
                 self.banks[slot.name] = FeatureBank(slot.info.feature_dim)
@@ -78,7 +84,9 @@ class Accumulator:
                     f"{int(index.min())}..{int(index.max())}): a collapsed generator's constant images "
                     "through an L2-normalising encoder give 0/0, for example"
                 )
-            if slot.moments:
+            if slot.name in self.group_moments:
+                self.group_moments[slot.name].update(feats, index)
+            elif slot.moments:
                 self.moments[slot.name].update(feats)
             if slot.keep_features:
                 self.banks[slot.name].add(feats.to(torch.float32), index.to(feats.device))
@@ -107,6 +115,7 @@ class Accumulator:
         names = list(self.moments)
         every = [self.moments[n] for n in names] + [m for n in self.class_moments for m in self.class_moments[n]]
         flat = [t for m in every for t in (m.n, m.sum, m.outer)]
+        flat += [t for m in self.group_moments.values() for t in m.tensors()]
         reduced = all_reduce_packed(flat, group) if flat else []
         out: dict[str, Statistics] = {
             slot.name: Statistics(metadata=identity_metadata(slot.info)) for slot in self.slots
@@ -124,6 +133,13 @@ class Accumulator:
                 out[name].classes[c] = Statistics(
                     m.mean if m.count >= 2 else None, m.cov if m.count >= 2 else None, m.count
                 )
+        for name in self.group_moments:
+            n, sums, outer = reduced[3 * position : 3 * position + 3]
+            position += 1
+            m = FeatureMoments.from_tensors(n.sum(), sums.sum(0), outer.sum(0))
+            out[name].n, out[name].group_moments = m.count, (n, sums, outer)
+            if m.count >= 2:
+                out[name].mu, out[name].sigma = m.mean, m.cov
         for name, bank in self.banks.items():
             out[name].features = bank.gather(group)
             out[name].n = out[name].features.shape[0]
@@ -188,8 +204,10 @@ def sample_and_extract(
     sample_autocast: torch.dtype | None = None,
     grid_size: int = 0,
     progress: bool = False,
+    groups: Mapping[str, int] | None = None,
 ) -> GeneratedSet:
     """Sample ``num_samples`` fixed-noise images over all ranks and merge their statistics (collective).
+    ``groups``: the slots whose moments are also kept per jackknife group (error bars), and how many.
 
     The generator runs in full precision unless ``sample_autocast`` opts in to autocast; extraction
     always runs in full precision. Non-finite images make the whole set invalid on every rank (agreed
@@ -199,7 +217,7 @@ def sample_and_extract(
     batches = plan(num_samples, batch_size, rank, world)
     grid = None
     bad = False
-    acc = Accumulator(slots, device)
+    acc = Accumulator(slots, device, groups=dict(groups or {}))
     bar = tqdm(total=len(batches), desc="lightning_fid: sampling", disable=not (progress and rank == 0), leave=False)
     with agreed("sampling the generator", device), sampling_precision(sample_autocast, device):
         for batch, images in generate(sampler, module, batches, seed, conditions):

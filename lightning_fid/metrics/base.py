@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 
 #: the standard networks a metric can ask for, by the name of their published weights
 NETWORKS = ("inception", "clip", "dinov2")
-#: named outputs of the standard networks (Inception gives its pool features and its logits in one pass)
-OUTPUTS = {"features": 0, "logits": 1}
+#: named outputs of the standard networks (Inception gives its pool features, its logits and sFID's
+#: spatial features in one pass)
+OUTPUTS = {"features": 0, "logits": 1, "spatial": 2}
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ class Needs:
     Args:
         network: the standard network it runs on when no ``extractor`` is given: ``"inception"``,
             ``"clip"`` or ``"dinov2"``.
-        output: ``"features"`` or, for Inception, ``"logits"`` (Inception Score's input).
+        output: ``"features"`` or, for Inception, ``"logits"`` (Inception Score's input) or
+            ``"spatial"`` (sFID's 2023-d mixed_6/conv features).
         moments: float64 mean and covariance of the features (Fréchet distances).
         features: the feature rows themselves, in global sample order (kernel and k-NN metrics).
         per_class: float64 moments per class (real labels from ``label_key``, generated from ``conditions``).
@@ -101,6 +103,9 @@ class Context:
             metrics need, such as the real set's k-NN radii); cleared when the reference changes.
         group: the torch.distributed process group (None: the default one, or no distribution).
         network: the identity of the network the metric reads (part of ``shared`` memo keys).
+        groups: the jackknife groups of error bars (0: off). When set, :meth:`Metric.compute` returns an
+            :class:`~lightning_fid.metrics.Estimate` (value and replicates) for each of its
+            :meth:`Metric.error_keys`; generated sample ``i`` is in group ``i % groups``.
     """
 
     seed: int = 0
@@ -109,6 +114,7 @@ class Context:
     reference: dict[Any, Any] = field(default_factory=dict)
     group: Any = None
     network: str = ""
+    groups: int = 0
 
 
 def check_int(value: Any, name: str, least: int) -> int:
@@ -194,6 +200,12 @@ class Metric:
     def keys(self, run: RunInfo | None = None) -> tuple[str, ...]:
         """Every key it logs (before the callback's prefix), its main value first."""
         return (self.key,)
+
+    def error_keys(self, run: RunInfo | None = None) -> tuple[str, ...]:
+        """The keys that get a standard error ``<key>_se`` (and paired comparisons): :meth:`compute`
+        returns an :class:`~lightning_fid.metrics.Estimate` for each when ``context.groups`` is set.
+        None by default: a metric of yours logs no error bars unless it declares and computes them."""
+        return ()
 
     def nan_values(self, run: RunInfo | None = None) -> dict[str, float]:
         """What is logged when an evaluation has no valid value: NaN for every key."""

@@ -22,10 +22,12 @@ from lightning_fid.metrics.intra_fid import IntraFID
 from lightning_fid.metrics.kid import KID
 from lightning_fid.metrics.per_class_fid import PerClassFID
 from lightning_fid.metrics.precision_recall import PrecisionRecall
+from lightning_fid.metrics.sfid import SFID
 
 #: every metric name and how its default instance is made
 METRICS: dict[str, Callable[[], Metric]] = {
     "fid": FID,
+    "sfid": SFID,
     "kid": KID,
     "cmmd": CMMD,
     "is": InceptionScore,

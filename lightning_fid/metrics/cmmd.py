@@ -11,12 +11,14 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from lightning_fid.engine._distributed import Group
 from lightning_fid.engine._validation import ArrayLike, as_features, check_same_dim
-from lightning_fid.metrics._kernels import gaussian_kernel, pair_sums
-from lightning_fid.metrics.base import Context, Metric, Needs, check_positive
+from lightning_fid.metrics._jackknife import DEFAULT_GROUPS, Estimate, group_sizes
+from lightning_fid.metrics._kernels import gaussian_kernel, pair_group_sums, pair_sums
+from lightning_fid.metrics.base import Context, Metric, Needs, RunInfo, check_positive
 
 if TYPE_CHECKING:
     from lightning_fid.engine._stats import Statistics
@@ -33,13 +35,7 @@ def cmmd(
     group: Group = None,
 ) -> float:
     """scale * (mean k(x,x') + mean k(y,y') - 2 mean k(x,y)) on embeddings as given (not re-normalised)."""
-    a = as_features(x, "x", min_samples=1)
-    b = as_features(y, "y", min_samples=1)
-    check_same_dim(a, b, "x", "y")
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
-    if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    a, b = _inputs(x, y, sigma, scale)
     (xx, _), (yy, _), (xy, _) = pair_sums(
         [(a, a, True), (b.to(a.device), b.to(a.device), True), (a, b.to(a.device), False)],
         gaussian_kernel(sigma),
@@ -51,9 +47,53 @@ def cmmd(
     return scale * (xx / (m * m) + yy / (n * n) - 2.0 * xy / (m * n))
 
 
+def _inputs(x: ArrayLike, y: ArrayLike, sigma: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    a = as_features(x, "x", min_samples=1)
+    b = as_features(y, "y", min_samples=1)
+    check_same_dim(a, b, "x", "y")
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+    if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    return a, b.to(a.device)
+
+
+def cmmd_estimate(
+    x: ArrayLike,
+    y: ArrayLike,
+    sigma: float = 10.0,
+    scale: float = 1000.0,
+    *,
+    groups: int = DEFAULT_GROUPS,
+    block_size: int = 2048,
+    distributed: bool = False,
+    group: Group = None,
+) -> Estimate:
+    """:func:`cmmd` of generated embeddings ``y`` against ``x`` with its delete-a-group jackknife
+    replicates (groups ``position % groups`` of y): each replicate is the exact V-statistic without that
+    group, from per-group kernel sums taken in the same pass over the blocks (no second kernel pass).
+
+    Raises:
+        ValueError: as :func:`cmmd`, or ``groups`` below 2.
+    """
+    if groups < 2:
+        raise ValueError(f"groups must be >= 2 for a jackknife, got {groups}")
+    a, b = _inputs(x, y, sigma, scale)
+    (xx, _, _), (yy, _, gyy), (xy, _, gxy) = pair_group_sums(
+        [(a, a, True), (b, b, True), (a, b, False)], gaussian_kernel(sigma), groups, block_size, distributed, group
+    )
+    m, n = a.shape[0], b.shape[0]
+    value = scale * (xx / (m * m) + yy / (n * n) - 2.0 * xy / (m * n))
+    sizes = group_sizes(n, groups)
+    rest = n - sizes
+    # without group g: its rows and columns leave the generated x generated sum, its columns the cross sum
+    reps = scale * (xx / (m * m) + (yy - 2 * gyy[0] + gyy[1]) / rest**2 - 2.0 * (xy - gxy[0]) / (m * rest))
+    return Estimate(value, torch.where(rest > 0, reps, torch.full_like(reps, math.nan)), sizes)
+
+
 class CMMD(Metric):
     """CMMD (Jayasumana et al. 2024): the biased MMD^2 with a Gaussian kernel on CLIP ViT-L/14@336px
-    embeddings, times ``scale``. Logs ``cmmd``.
+    embeddings, times ``scale``. Logs ``cmmd`` (and ``cmmd_se`` with error bars: :func:`cmmd_estimate`).
 
     On another encoder (``extractor=``) it is an RBF-kernel MMD, not CMMD: give it another ``key``
     (e.g. ``CMMD(extractor=encoder, key="mmd")``) so the logs say so.
@@ -75,6 +115,15 @@ class CMMD(Metric):
         self.sigma = check_positive(sigma, "CMMD sigma")
         self.scale = check_positive(scale, "CMMD scale")
 
-    def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float]:
-        value = cmmd(real.features, fake.features, self.sigma, self.scale, distributed=True, group=context.group)
-        return {self.key: value}
+    def error_keys(self, run: RunInfo | None = None) -> tuple[str, ...]:
+        return (self.key,)
+
+    def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float | Estimate]:
+        opts = {"distributed": True, "group": context.group}
+        if context.groups:
+            return {
+                self.key: cmmd_estimate(
+                    real.features, fake.features, self.sigma, self.scale, groups=context.groups, **opts
+                )
+            }
+        return {self.key: cmmd(real.features, fake.features, self.sigma, self.scale, **opts)}

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from lightning_fid.metrics._knn_errors import density_coverage_estimate
 from lightning_fid.metrics.base import Context, Needs, RunInfo
 from lightning_fid.metrics.prdc import density_coverage
 from lightning_fid.metrics.precision_recall import KNNMetric, real_radii
@@ -44,12 +45,8 @@ class DensityCoverage(KNNMetric):
     def check_run(self, run: RunInfo) -> None:  # only real balls are used: any generated count works
         return None
 
-    def _pair(self, real: Statistics, fake: Statistics, context: Context) -> tuple[float, float]:
-        return density_coverage(
-            real.features,
-            fake.features,
-            self.k,
-            real_radii=real_radii(real, self.k, context),
-            distributed=True,
-            group=context.group,
-        )
+    def _pair(self, real: Statistics, fake: Statistics, context: Context) -> tuple[Any, Any]:
+        opts = {"real_radii": real_radii(real, self.k, context), "distributed": True, "group": context.group}
+        if context.groups:  # error bars: per-group ball counts from the same pass
+            return density_coverage_estimate(real.features, fake.features, self.k, groups=context.groups, **opts)
+        return density_coverage(real.features, fake.features, self.k, **opts)

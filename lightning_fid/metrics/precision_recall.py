@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from lightning_fid.metrics._knn_errors import precision_recall_estimate
 from lightning_fid.metrics.base import Context, Metric, Needs, RunInfo, check_int
 from lightning_fid.metrics.prdc import knn_radii, precision_recall
 
@@ -61,9 +62,12 @@ class KNNMetric(Metric):
     def _pair(self, real: Statistics, fake: Statistics, context: Context) -> tuple[float, float]:
         raise NotImplementedError
 
-    def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, float]:
+    def error_keys(self, run: RunInfo | None = None) -> tuple[str, ...]:
+        return self.keys(run)
+
+    def compute(self, real: Statistics, fake: Statistics, context: Context) -> dict[str, Any]:
         # Two objects with the same k (say "precision" and "recall" given apart) share one pass.
-        memo = (type(self).name, context.network, self.k)
+        memo = (type(self).name, context.network, self.k, context.groups)
         if memo not in context.shared:
             context.shared[memo] = self._pair(real, fake, context)
         pair = dict(zip(self.values, context.shared[memo]))
@@ -73,7 +77,8 @@ class KNNMetric(Metric):
 class PrecisionRecall(KNNMetric):
     """Improved precision and recall (Kynkäänniemi et al. 2019) on Inception pool features, with the
     balls' boundary included, as torch-fidelity and StyleGAN2-ADA. Logs ``precision`` and ``recall``
-    (higher is better); the real balls' radii are computed once per run.
+    (higher is better); the real balls' radii are computed once per run. With error bars, ``<key>_se`` for
+    each (:mod:`lightning_fid.metrics._knn_errors`: recall's replicates keep the generated balls' radii).
 
     Args:
         k: the neighbour that sets each ball's radius (reference: 3).
@@ -98,12 +103,8 @@ class PrecisionRecall(KNNMetric):
     ) -> None:
         super().__init__(k, report, key, extractor)
 
-    def _pair(self, real: Statistics, fake: Statistics, context: Context) -> tuple[float, float]:
-        return precision_recall(
-            real.features,
-            fake.features,
-            self.k,
-            real_radii=real_radii(real, self.k, context),
-            distributed=True,
-            group=context.group,
-        )
+    def _pair(self, real: Statistics, fake: Statistics, context: Context) -> tuple[Any, Any]:
+        opts = {"real_radii": real_radii(real, self.k, context), "distributed": True, "group": context.group}
+        if context.groups:  # error bars: per-group ball counts from the same pass
+            return precision_recall_estimate(real.features, fake.features, self.k, groups=context.groups, **opts)
+        return precision_recall(real.features, fake.features, self.k, **opts)

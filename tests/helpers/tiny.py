@@ -163,6 +163,7 @@ def fit_recording_steps(tmp_path, model=None, max_epochs=2, **callback_kw):
         def on_train_batch_start(self, *a):
             steps.append(1)
 
+    fit_recording_steps.trained = False  # also when the callback refuses its options before any Trainer
     cb = make_callback(tmp_path, **callback_kw)
     trainer = pl.Trainer(callbacks=[cb, Spy()], **trainer_kwargs(tmp_path, max_epochs=max_epochs))
     try:

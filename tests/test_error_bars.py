@@ -1,0 +1,277 @@
+"""Error bars: the jackknife, each metric's replicates against an independent recomputation, the group
+moments of the data walk, and the keys an evaluation logs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers.tiny import TinyFeatures, TinyGAN, real_images, sample
+from torch.utils.data import TensorDataset
+
+from lightning_fid.engine import Evaluator
+from lightning_fid.engine._accumulators import FeatureMoments, GroupMoments
+from lightning_fid.engine._scoring import Scorer
+from lightning_fid.engine._stats import Statistics
+from lightning_fid.metrics import FID, Estimate, InceptionScore, Metric, Needs, frechet_distance, frechet_estimate
+from lightning_fid.metrics._jackknife import check_groups, group_sizes, jackknife_se, mean_estimate, per_group_sums
+from lightning_fid.metrics.base import Context, RunInfo
+from lightning_fid.metrics.inception_score import split_scores
+
+
+def _groups_np(x: np.ndarray, groups: int) -> list[np.ndarray]:
+    return [x[np.arange(len(x)) % groups == g] for g in range(groups)]
+
+
+def test_jackknife_of_a_mean_is_the_standard_error_of_the_group_means(rng):
+    x = rng.standard_normal(1000) * 3 + 1
+    est = mean_estimate(per_group_sums(torch.from_numpy(x), 10), group_sizes(1000, 10))
+    means = np.array([g.mean() for g in _groups_np(x, 10)])
+    assert est.value == pytest.approx(x.mean(), rel=1e-13)
+    assert est.se == pytest.approx(means.std(ddof=1) / math.sqrt(10), rel=1e-10)
+    assert est.se == pytest.approx(x.std() / math.sqrt(1000), rel=0.5)  # and about the textbook SE
+
+
+def test_unequal_groups_use_the_delete_m_jackknife(rng):
+    # Busing, Meijer & van der Leeden (1999): for a mean the pseudo-values are the group means
+    x = rng.standard_normal(1003)
+    parts = _groups_np(x, 10)
+    m = np.array([len(p) for p in parts], dtype=float)
+    n, h = m.sum(), m.sum() / m
+    loo = np.array([(x.sum() - p.sum()) / (n - len(p)) for p in parts])
+    theta_j = 10 * x.mean() - ((1 - m / n) * loo).sum()
+    expected = math.sqrt((((np.array([p.mean() for p in parts]) - theta_j) ** 2) / (h - 1)).sum() / 10)
+    assert jackknife_se(x.mean(), torch.from_numpy(loo), torch.from_numpy(m)) == pytest.approx(expected, rel=1e-10)
+    assert group_sizes(1003, 10).tolist() == m.tolist()
+
+
+def test_estimates_pair_replicates_and_survive_a_checkpoint():
+    a = Estimate(2.0, torch.tensor([2.1, 1.9, 2.05, 1.95]), torch.full((4,), 5.0))
+    b = Estimate(1.5, torch.tensor([1.62, 1.41, 1.55, 1.42]), torch.full((4,), 5.0))
+    d = a.minus(b)
+    assert d.value == 0.5 and torch.allclose(d.replicates, a.replicates - b.replicates)
+    assert d.se < a.se  # the replicates move together: the difference is sharper than either value
+    assert Estimate.from_state(a.state()).state() == a.state()
+    other = Estimate(1.0, torch.ones(3), torch.ones(3))
+    assert math.isnan(a.minus(other).se)  # other sample indices: no paired error
+    assert math.isnan(Estimate(1.0, torch.tensor([1.0]), torch.tensor([3.0])).se)  # one group: nothing to compare
+
+
+@pytest.mark.parametrize("value, groups", [(True, 10), (False, 0), (None, 0), (0, 0), (20, 20)])
+def test_error_bars_option(value, groups):
+    assert check_groups(value) == groups
+
+
+@pytest.mark.parametrize("bad", [1, -3, 2.5, "yes"])
+def test_error_bars_option_refuses_nonsense(bad):
+    with pytest.raises(ValueError, match="error_bars must be True"):
+        check_groups(bad)
+
+
+def _grouped(x: torch.Tensor, groups: int = 10, batch: int = 97) -> Statistics:
+    """Statistics with group moments, accumulated in uneven batches as the data walk does."""
+    total, grouped = FeatureMoments(x.shape[1]), GroupMoments(x.shape[1], groups)
+    for s in range(0, x.shape[0], batch):
+        total.update(x[s : s + batch])
+        grouped.update(x[s : s + batch], torch.arange(s, min(s + batch, x.shape[0])))
+    stats = total.statistics()
+    stats.group_moments = tuple(grouped.tensors())
+    return stats
+
+
+def _exact_replicates(mu1, s1, x: torch.Tensor, groups: int = 10) -> torch.Tensor:
+    g = torch.arange(x.shape[0]) % groups
+    fids = [frechet_distance(mu1, s1, x[g != k].mean(0), torch.cov(x[g != k].T)) for k in range(groups)]
+    return torch.tensor(fids, dtype=torch.float64)
+
+
+def test_group_moments_add_up_to_the_total(rng):
+    x = torch.from_numpy(rng.standard_normal((503, 5)))
+    stats = _grouped(x)
+    n, s, o = stats.group_moments
+    assert n.tolist() == group_sizes(503, 10).tolist()
+    for g in range(10):
+        rows = x[torch.arange(503) % 10 == g]
+        assert torch.allclose(s[g], rows.sum(0)) and torch.allclose(o[g], rows.T @ rows)
+    assert torch.allclose(o.sum(0) / 503, x.T @ x / 503, rtol=1e-12)
+
+
+def test_fid_replicates_are_the_first_order_delete_a_group_fids(rng):
+    d = 6
+    real = torch.from_numpy(rng.standard_normal((5000, d)))
+    x = torch.from_numpy(rng.standard_normal((4000, d)) * 1.2 + 0.3)
+    mu1, s1 = real.mean(0), torch.cov(real.T)
+    stats = _grouped(x)
+    est = frechet_estimate(mu1, s1, stats.mu, stats.sigma, stats.group_moments)
+    exact = _exact_replicates(mu1, s1, x)
+    assert est.value == pytest.approx(frechet_distance(mu1, s1, x.mean(0), torch.cov(x.T)), rel=1e-12)
+    # Deleting a group also raises the bias term (about tr / n) by the same amount for every group: a
+    # second-order shift the linearisation leaves out, and which the standard error does not see.
+    spread, linear = exact - exact.mean(), est.replicates - est.replicates.mean()
+    assert spread.abs().max() > 1e-3  # deleting a group does move the value
+    assert (linear - spread).abs().max() < 0.05 * spread.abs().max()
+    assert est.se == pytest.approx(jackknife_se(est.value, exact, est.sizes), rel=0.05)
+
+
+def test_fid_error_bars_with_fewer_samples_than_dimensions(rng):
+    real = torch.from_numpy(rng.standard_normal((400, 40)))
+    x = torch.from_numpy(rng.standard_normal((30, 40)) + 0.5)
+    stats = _grouped(x, batch=7)
+    with pytest.warns(UserWarning, match="singular"):
+        values = FID().compute(Statistics(real.mean(0), torch.cov(real.T), 400), stats, Context(groups=10, state={}))
+    est = values["fid"]
+    assert isinstance(est, Estimate) and math.isfinite(est.se) and est.se > 0
+    assert est.se < est.value
+
+
+def test_inception_score_error_is_that_of_a_mean_over_its_splits(rng):
+    logits = torch.from_numpy(rng.standard_normal((400, 12)) * 3)
+    out = InceptionScore(splits=8).compute(Statistics(), Statistics(features=logits), Context(groups=10))
+    scores = np.array(split_scores(logits, 8))
+    assert out["is"].value == pytest.approx(scores.mean(), rel=1e-14)
+    assert out["is"].se == pytest.approx(scores.std(ddof=1) / math.sqrt(8), rel=1e-10)
+    assert out["is"].se == pytest.approx(out["is_std"] / math.sqrt(7), rel=1e-10)
+    assert InceptionScore(splits=1).error_keys() == ()
+
+
+class Plain(Metric):
+    """A user metric with no error bars of its own."""
+
+    name = "plain"
+    needs = Needs(moments=True)
+
+    def compute(self, real, fake, context):
+        return {self.key: float(fake.mu.sum())}
+
+
+def test_scorer_declares_se_keys_only_for_metrics_with_error_bars(rng):
+    metrics = [FID(), Plain(), InceptionScore(splits=2)]
+    on = Scorer(metrics, ["f", "f", "l"], RunInfo(num_samples=20), groups=10)
+    off = Scorer(metrics, ["f", "f", "l"], RunInfo(num_samples=20))
+    assert on.keys() == ["fid", "fid_se", "plain", "is", "is_std", "is_se"]
+    assert off.keys() == ["fid", "plain", "is", "is_std"]
+    assert on.error_keys() == {"fid": False, "is": True}
+    assert on.grouped_slots() == {"f": 10}
+    assert all(math.isnan(v) for v in on.nan_values().values()) and list(on.nan_values()) == on.keys()
+    with pytest.raises(ValueError, match="logged twice"):
+        Scorer([FID(), Plain(key="fid_se")], ["f", "f"], RunInfo(num_samples=20), groups=10)
+
+
+def test_a_failing_metric_logs_nan_for_its_error_too(rng):
+    x = torch.from_numpy(rng.standard_normal((50, 3)))
+    fake = _grouped(x)
+    scorer = Scorer([FID()], ["f"], RunInfo(num_samples=50), groups=10)
+    broken = {"f": Statistics(torch.zeros(4), torch.eye(4), 50)}  # another dimension: FID raises
+    with pytest.warns(UserWarning, match="could not be computed"):
+        values = scorer.score(broken, {"f": fake}, strict=False)
+    assert math.isnan(values["fid"]) and math.isnan(values["fid_se"]) and scorer.estimates == {}
+
+
+def _evaluator(error_bars, metrics=("fid",)):
+    return Evaluator(
+        TensorDataset(real_images(60)),
+        list(metrics),
+        sample_fn=sample,
+        feature_extractor=TinyFeatures(),
+        num_samples=60,
+        batch_size=13,
+        progress=False,
+        error_bars=error_bars,
+    )
+
+
+def test_error_bars_leave_the_values_alone_and_switch_off():
+    model = TinyGAN()
+    on, _ = _evaluator(True).evaluate(model)
+    off, _ = _evaluator(False).evaluate(model)
+    assert set(on) == {"fid", "fid_se"} and set(off) == {"fid"}
+    assert on["fid"] == pytest.approx(off["fid"], rel=1e-12)  # eigh instead of eigvalsh: rounding only
+    assert 0 < on["fid_se"] < on["fid"]
+
+
+def _kid_reference(real, fake, subsets, size, seed, groups):
+    """Per subset, the unbiased MMD^2 without each group's generated samples, from float64 kernels."""
+    from lightning_fid.metrics.kid import subset_indices
+
+    x, y = real.double(), fake.double()
+    kern = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # noqa: E731
+
+    def mmd(ix, iy):
+        kxx, kyy, kxy = kern(x[ix], x[ix]), kern(y[iy], y[iy]), kern(x[ix], y[iy])
+        m, n = len(ix), len(iy)
+        off = lambda k: float(k.sum() - k.trace())  # noqa: E731
+        return off(kxx) / (m * (m - 1)) + off(kyy) / (n * (n - 1)) - 2 * float(kxy.mean())
+
+    reps = np.zeros((subsets, groups))
+    for s, (ix, iy) in enumerate(subset_indices(len(x), len(y), subsets, size, seed)):
+        reps[s] = [mmd(ix, iy[iy % groups != g]) for g in range(groups)]
+    return reps.mean(0)
+
+
+@pytest.mark.parametrize("subsets, size", [(6, 50), (12, 200)])  # one subset at a time; one walk over blocks
+def test_kid_replicates_leave_each_group_out_of_every_subset(rng, subsets, size):
+    from lightning_fid.metrics.kid import kid, kid_estimate
+
+    real = torch.from_numpy(rng.standard_normal((300, 16)).astype(np.float32))
+    fake = torch.from_numpy((rng.standard_normal((250, 16)) * 1.2 + 0.2).astype(np.float32))
+    est, std = kid_estimate(real, fake, subsets, size, 3, groups=10)
+    assert (est.value, std) == pytest.approx(kid(real, fake, subsets, size, 3), rel=1e-12)
+    np.testing.assert_allclose(est.replicates.numpy(), _kid_reference(real, fake, subsets, size, 3, 10), atol=1e-7)
+
+
+def test_kid_group_sums_of_the_block_walk_count_each_mirror_once(rng):
+    from lightning_fid.metrics import _kid_terms
+    from lightning_fid.metrics.kid import subset_indices
+
+    x = torch.from_numpy(rng.standard_normal((150, 8)).astype(np.float32))
+    index = [iy for _, iy in subset_indices(150, 150, 5, 60, 1)]
+    by_walk = _kid_terms._block_sums(x, x, index, None, (32, False, None, 10))  # 5 x 5 blocks, mirrored
+    by_subset = _kid_terms.subset_sums(x, x, index, None, block_size=32, groups=10)  # subsets: cheaper here
+    for a, b in zip(by_walk, by_subset):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("block_size", [2048, 64])
+def test_cmmd_replicates_are_the_cmmd_without_each_group(rng, block_size):
+    from lightning_fid.metrics.cmmd import cmmd, cmmd_estimate
+
+    unit = lambda a: torch.nn.functional.normalize(torch.from_numpy(a.astype(np.float32)), dim=1)  # noqa: E731
+    x, y = unit(rng.standard_normal((300, 16))), unit(rng.standard_normal((257, 16)) + 0.3)
+    est = cmmd_estimate(x, y, groups=10, block_size=block_size)
+    assert est.value == cmmd(x, y, block_size=block_size)  # the same walk and sums: bit for bit
+    a, b = x.double().numpy(), y.double().numpy()
+    k = lambda p, q: np.exp(-((p[:, None] - q[None]) ** 2).sum(-1) / 200.0)  # noqa: E731
+    g = np.arange(len(b)) % 10
+    exact = [1000 * (k(a, a).mean() + k(b[g != j], b[g != j]).mean() - 2 * k(a, b[g != j]).mean()) for j in range(10)]
+    np.testing.assert_allclose(est.replicates.numpy(), exact, atol=1e-7)
+    assert np.ptp(exact) > 1e-3
+
+
+@pytest.mark.parametrize("block_size", [2048, 50])
+def test_knn_replicates_leave_each_group_out(rng, block_size):
+    from lightning_fid.metrics import density_coverage, knn_radii, precision_recall
+    from lightning_fid.metrics._knn_errors import density_coverage_estimate, precision_recall_estimate
+
+    real = torch.from_numpy(rng.standard_normal((400, 8)).astype(np.float32))
+    fake = torch.from_numpy((rng.standard_normal((333, 8)) * 1.1 + 0.3).astype(np.float32))
+    p, r = precision_recall_estimate(real, fake, 3, groups=10, block_size=block_size)
+    d, c = density_coverage_estimate(real, fake, 5, groups=10, block_size=block_size)
+    assert (p.value, r.value) == precision_recall(real, fake, 3)
+    assert (d.value, c.value) == density_coverage(real, fake, 5)
+    g = torch.arange(333) % 10
+    rr3, rr5 = knn_radii(real, 3), knn_radii(real, 5)
+    out = [
+        (
+            precision_recall(real, fake[g != j], 3, real_radii=rr3)[0],
+            *density_coverage(real, fake[g != j], 5, real_radii=rr5),
+        )
+        for j in range(10)
+    ]
+    for est, exact in zip((p, d, c), zip(*out)):
+        np.testing.assert_allclose(est.replicates.numpy(), exact, rtol=1e-12)
+    # recall: the recall of the other groups, their balls widened where the group held a neighbour
+    exact = [precision_recall(real, fake[g != j], 3, real_radii=rr3)[1] for j in range(10)]
+    np.testing.assert_allclose(r.replicates.numpy(), exact, rtol=1e-12)
+    assert all(e.se > 0 for e in (p, r, d, c))
