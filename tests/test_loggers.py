@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import struct
+import time
 
 import lightning.pytorch as pl
 import pytest
@@ -59,8 +60,12 @@ def test_wandb_offline_receives_scalars_and_images(tmp_path, monkeypatch):
     wandb.finish()
     run_dirs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(run_dirs) == 1
-    history = _wandb_history(next(run_dirs[0].glob("run-*.wandb")))
-    fids = [float(h["fid"]) for h in history if "fid" in h]
+    for _ in range(120):  # wandb's service process may still be writing the offline file after finish()
+        history = _wandb_history(next(run_dirs[0].glob("run-*.wandb")))
+        fids = [float(h["fid"]) for h in history if "fid" in h]
+        if len(fids) == len(cb.history):
+            break
+        time.sleep(0.5)
     assert fids == pytest.approx([h["fid"] for h in cb.history], rel=1e-6)
     assert any("cmmd" in h for h in history) and any("kid" in h for h in history)
     logged_images = [json.loads(h["samples/filenames"])[0] for h in history if "samples/filenames" in h]
