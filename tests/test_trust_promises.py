@@ -344,7 +344,7 @@ def test_is_next_to_a_custom_extractor_says_why_it_needs_inception_offline(tmp_p
     trainer = pl.Trainer(callbacks=[cb], **trainer_kwargs(tmp_path, max_epochs=1))
     with pytest.raises(
         Exception,
-        match=r"(?s)InceptionScore\(splits=10\) reads Inception-v3's logits, which "
+        match=r"(?s)InceptionScore\(splits=10, split_size=None\) reads Inception-v3's logits, which "
         r"feature_extractor= does not provide .*InceptionV3\(weights_path=\.\.\., "
         r"logits=True\).*--inception-weights FILE in the CLI",
     ):
