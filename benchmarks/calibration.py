@@ -21,7 +21,8 @@ Feature distributions (cheap to draw at d = 2048):
 CMMD reads the features L2-normalised (its CLIP embeddings are unit vectors).
 
 ``--callback`` scores a small generator network through ``GenerativeMetrics`` (sampling, uint8
-quantisation, a random-projection encoder, group moments, merge, scoring) with noise seeds 0..seeds-1.
+quantisation, a small random encoder, group moments, merge, scoring) with noise seeds 0..seeds-1; the
+reference images come from a nearby generator (weights x 1.3 plus 5 % noise, bias + 0.1) plus pixel noise.
 
 Each row is appended to ``--out`` as JSON as soon as it is done, so cells can be run apart;
 ``--table FILE`` prints the table of a results file.
@@ -158,13 +159,24 @@ def callback_cells(sizes: list[int], seeds: int, names: list[str], groups: int) 
 
     torch.manual_seed(0)
     encoder = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 64), nn.ReLU())
-    unit = nn.Sequential(encoder, nn.Linear(64, 32))
+
+    class Unit(nn.Module):  # unit-norm embeddings, as CLIP's
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return nn.functional.normalize(x, dim=1)
+
+    unit = nn.Sequential(encoder, nn.Linear(64, 32), Unit())
     generator = nn.Sequential(nn.Linear(16, 3 * 16 * 16), nn.Tanh(), nn.Unflatten(1, (3, 16, 16)))
+    truth = nn.Linear(16, 3 * 16 * 16)  # the data: a nearby generator, plus pixel noise
+    with torch.no_grad():
+        truth.weight.copy_(generator[0].weight * 1.3 + 0.05 * torch.randn(truth.weight.shape))
+        truth.bias.copy_(generator[0].bias + 0.1)
+        g = torch.Generator().manual_seed(3)
+        noise = 0.05 * torch.randn(N_REAL, 3 * 16 * 16, generator=g)
+        real = torch.tanh(truth(torch.randn(N_REAL, 16, generator=g)) + noise).view(-1, 3, 16, 16)
 
     def sample(module, batch_size, g):
         return module(torch.randn(batch_size, 16, generator=g))
 
-    real = torch.tanh(torch.randn(N_REAL, 3, 16, 16, generator=torch.Generator().manual_seed(3)) * 0.8)
     rows = []
     for n in sizes:
         metrics = [m for name, (m, _) in make_metrics([x for x in names if x != "cmmd"], n).items()]

@@ -108,10 +108,10 @@ def summary(rows: list[dict], patiences: list[int], plateau: int) -> None:
     for p in patiences:
         ideal = plateau + p
         print(f"patience {p} (ideal stop: evaluation {ideal}):")
-        for rule in ("plain", "noise"):
+        for rule, name in (("plain", "EarlyStopping"), ("noise", "noise-aware")):
             key = f"{rule}_stop_p{p}"
             within = sum(r[key] is not None and r[key] <= ideal for r in rows)
-            print(f"  {rule:>5}-aware stop: {stat(key)}; within patience of the plateau: {within}/{len(rows)}")
+            print(f"  {name:>13} stops at: {stat(key)}; within patience of the plateau: {within}/{len(rows)}")
     for rule in ("plain", "noise"):
         picks = [r[f"{rule}_pick"] for r in rows]
         logged = np.mean([r[f"{rule}_logged"] for r in rows])

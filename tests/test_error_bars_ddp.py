@@ -60,3 +60,21 @@ def test_error_bars_are_identical_for_one_and_two_processes(tmp_path):
         assert values.keys() == one.keys()
         for key, value in one.items():
             assert values[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
+
+
+def _knn_replicates(rank: int, world: int) -> list[list[float]]:
+    from lightning_fid.metrics._knn_errors import precision_recall_estimate
+
+    g = torch.Generator().manual_seed(0)
+    real, fake = torch.randn(90, 6, generator=g), torch.randn(101, 6, generator=g) * 1.2 + 0.2
+    # 7 row blocks of the generated set: its neighbour candidates come from blocks dealt to every rank
+    p, r = precision_recall_estimate(real, fake, 3, groups=10, block_size=16, distributed=world > 1)
+    return [p.replicates.tolist(), r.replicates.tolist(), [p.value, r.value]]
+
+
+def test_recall_replicates_are_identical_when_the_blocks_are_dealt_to_processes(tmp_path):
+    one = _knn_replicates(0, 1)
+    assert max(one[1]) > min(one[1])  # the replicates differ: the comparison is not of constants
+    for world in (2, 3):
+        for result in run_distributed(_knn_replicates, world, tmp_path):
+            assert result == one, world
