@@ -231,6 +231,14 @@ def test_kid_group_sums_of_the_block_walk_count_each_mirror_once(rng):
     by_subset = _kid_terms.subset_sums(x, x, index, None, block_size=32, groups=10)  # subsets: cheaper here
     for a, b in zip(by_walk, by_subset):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # real x generated: the walk sums each subset's real rows first, and its column groups from that
+    y = torch.from_numpy(rng.standard_normal((130, 8)).astype(np.float32) + 0.3)
+    pairs = subset_indices(150, 130, 5, 60, 2)
+    ix, iy = [a for a, _ in pairs], [b for _, b in pairs]
+    by_walk = _kid_terms._block_sums(x, y, ix, iy, (32, False, None, 10))
+    by_subset = _kid_terms.subset_sums(x, y, ix, iy, block_size=32, groups=10)
+    for a, b in zip(by_walk, by_subset):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("block_size", [2048, 64])

@@ -147,8 +147,9 @@ def subset_group_sums(k: Any, labels: torch.Tensor, groups: int, same: bool) -> 
 
 def _walk_group_sums(k: Any, blk: Any, px: Any, py: Any, groups: int, symmetric: bool, q: Any) -> torch.Tensor:
     """(3, G, S) group sums of every subset from one block of the walk (see :func:`subset_group_sums`;
-    ``q`` = k @ py[:, cols].T, already computed for the totals). An off-diagonal block of the
-    symmetric walk stands for itself and its mirror."""
+    ``q``, already computed for the totals: k @ py[:, cols].T in the symmetric walk, (px[:, rows] @ k)
+    * py[:, cols] in the real x generated one). An off-diagonal block of the symmetric walk stands for
+    itself and its mirror."""
     k, q = _torch(k), _torch(q)
     pr, pc = _torch(px[:, blk.rows]).T, _torch(py[:, blk.cols]).T  # (rows, S), (cols, S)
     rows_g = torch.arange(blk.rows.start, blk.rows.start + k.shape[0], device=k.device) % groups
@@ -157,7 +158,9 @@ def _walk_group_sums(k: Any, blk: Any, px: Any, py: Any, groups: int, symmetric:
     hc = torch.nn.functional.one_hot(cols_g, groups).to(k)
     out = torch.zeros(3, groups, pr.shape[1], dtype=torch.float64, device=k.device)
     same = symmetric and blk.i == blk.j
-    if not symmetric or not same:  # the columns' groups: real x generated, or the mirror of an upper block
+    if not symmetric:  # the columns' groups of the real x generated sums
+        out[0] += hc.T @ q.T
+    elif not same:  # the mirror of an upper block
         out[0] += hc.T @ (pc * (k.T @ pr))
     if symmetric:
         out[0] += hr.T @ (pr * q)
@@ -189,8 +192,12 @@ def _block_sums(
     for b, blk in mine(enumerate(walk), rank, world):
         same = symmetric and blk.i == blk.j
         k = _cube(xa[blk.rows], ya[blk.cols], same)
-        q = k @ py[:, blk.cols].T
-        total = (px[:, blk.rows].T * q).sum(0)
+        if symmetric:
+            q = k @ py[:, blk.cols].T  # (rows, S): each row's sum over the subset's columns
+            total = (px[:, blk.rows].T * q).sum(0)
+        else:  # (S, cols), summed over the subset's real rows: its group sums come from it as well
+            q = (px[:, blk.rows] @ k) * py[:, blk.cols]
+            total = q.sum(1)
         parts[b, 0] = torch.as_tensor(total * (1.0 if same or not symmetric else 2.0), device=x.device)
         if same:
             parts[b, 1] = torch.as_tensor(px[:, blk.rows] @ k.diagonal(), device=x.device)

@@ -15,6 +15,7 @@ computed exactly (typically only the k-th neighbour itself), and the (k+1)-th sm
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,10 @@ INF = math.inf
 class Radii:
     """Squared k-NN radii of one sample set, accumulated over the block pairs given to :meth:`visit`."""
 
-    def __init__(self, x: Features, k: int, screen: Screen) -> None:
-        self.x, self.xp, self.screen = x, x.xp, screen
+    def __init__(
+        self, x: Features, k: int, screen: Screen, observe: Callable[[Block, Any], None] | None = None
+    ) -> None:
+        self.x, self.xp, self.screen, self.observe = x, x.xp, screen, observe
         self.m, self.cap = k + 1, 2 * (k + 1) + 8
         like, n = x.sq, x.n
         self.exact = X.full(self.xp, (n, self.m), INF, like)
@@ -53,6 +56,8 @@ class Radii:
         if any(p is None for p in picks):  # too many undecided entries for float32: screen in float64
             self.screen.fall_back()
             return self.visit(blk)
+        if self.observe is not None:  # another reader of the same block (the recall error bars' neighbours)
+            self.observe(blk, h)
         if same:
             self._add_exact(X.arange(self.xp, blk.rows.stop - blk.rows.start, self.tau) + blk.rows.start, None)
         for pick in picks:
@@ -175,11 +180,20 @@ class Radii:
         )
 
 
-def squared_radii(x: Features, k: int, block_size: int, distributed: bool, group: Group, products: str) -> torch.Tensor:
+def squared_radii(
+    x: Features,
+    k: int,
+    block_size: int,
+    distributed: bool,
+    group: Group,
+    products: str,
+    observe: Callable[[Block, Any], None] | None = None,
+) -> torch.Tensor:
     """The exact squared distance of every sample of ``x`` to its k-th nearest other sample (float64,
     a torch tensor on the features' device): one walk over the block pairs i <= j, dealt to the ranks
-    with ``distributed``, the ranks' bounds merged with one all-gather."""
-    state = Radii(x, k, Screen(x, x, products))
+    with ``distributed``, the ranks' bounds merged with one all-gather. ``observe(block, h)`` is shown
+    each screened block (h: minus half the squared distances, the row's own entry -inf), once."""
+    state = Radii(x, k, Screen(x, x, products), observe)
     rank, world = rank_and_world(group) if distributed else (0, 1)
     with ieee_float32(x.device):
         walk = sorted(blocks(x.n, x.n, block_size, symmetric=True), key=lambda b: b.i != b.j)

@@ -33,17 +33,18 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any
 
-import numpy as np
 import torch
 
 from lightning_fid.engine._distributed import Group, all_reduce_packed, rank_and_world
 from lightning_fid.engine._validation import ArrayLike
 from lightning_fid.metrics import _xp as X
 from lightning_fid.metrics._balls import ball_counts
-from lightning_fid.metrics._blocks import DEFAULT_BLOCK_SIZE, blocks, mine
+from lightning_fid.metrics._blocks import DEFAULT_BLOCK_SIZE, Block, Features
 from lightning_fid.metrics._jackknife import DEFAULT_GROUPS, Estimate, group_sizes, mean_estimate, per_group_sums
-from lightning_fid.metrics.prdc import _prepare, _radii_of
+from lightning_fid.metrics._knn import squared_radii
+from lightning_fid.metrics.prdc import _prepare
 
 
 def _covered(counts: torch.Tensor, sizes: torch.Tensor, extra: torch.Tensor | None = None) -> Estimate:
@@ -58,18 +59,18 @@ def _covered(counts: torch.Tensor, sizes: torch.Tensor, extra: torch.Tensor | No
 
 
 def widened_radii(
-    y: torch.Tensor, radii: torch.Tensor, k: int, groups: int, block_size: int, distributed: bool, group: Group
+    dist: torch.Tensor, index: torch.Tensor, radii: torch.Tensor, k: int, groups: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per generated sample i and each of its k nearest neighbours' groups g (other than i's own): the
     radius of i's ball when g is left out, the distance to its k-th nearest neighbour outside g (at
-    least ``radii[i]``), with the widening shrunk by :func:`widening_shrink`. Returns ((N, k) float64
+    least ``radii[i]``), with the widening shrunk by :func:`widening_shrink`. ``dist`` / ``index``: each
+    sample's 2k + 2 nearest others, nearest first (:class:`Neighbours`). Returns ((N, k) float64
     radii, (N, k) int64 groups, -1 where none)."""
-    dist, index = _neighbours(y, min(2 * k + 2, y.shape[0] - 1), block_size, distributed, group)
-    n = y.shape[0]
+    n = dist.shape[0]
     nbr = index % groups  # the neighbours' groups, nearest first
-    own = torch.arange(n, device=y.device) % groups
-    alt_r = torch.zeros(n, k, dtype=torch.float64, device=y.device)
-    alt_g = torch.full((n, k), -1, dtype=torch.int64, device=y.device)
+    own = torch.arange(n, device=dist.device) % groups
+    alt_r = torch.zeros(n, k, dtype=torch.float64, device=dist.device)
+    alt_g = torch.full((n, k), -1, dtype=torch.int64, device=dist.device)
     shrink, base = widening_shrink(k, groups), radii.to(dist)
     for j in range(k):
         g = nbr[:, j]
@@ -118,48 +119,71 @@ def order_statistic_inflation(k: int, groups: int) -> float:
     return (groups - 1) ** 2 / groups * (second + mean - cross) / k
 
 
-def _neighbours(
-    y: torch.Tensor, keep: int, block_size: int, distributed: bool, group: Group
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each sample's ``keep`` nearest other samples: (N, keep) float64 distances (ascending) and indices.
+class Neighbours:
+    """Each generated sample's ``keep`` nearest others, read from the blocks of the walk that finds
+    the generated set's own radii (:func:`~lightning_fid.metrics._knn.squared_radii` shows each
+    screened block to :meth:`visit`): no second pass over the generated x generated products.
 
-    One walk over the symmetric block pairs (each block serves its rows and its columns): every block
-    offers each of its rows its ``keep`` nearest columns by float32 products, in the row's slot for that
-    column block, so the candidates do not depend on how blocks are dealt to processes. The kept
-    candidates' distances are then computed in float64 and the nearest ``keep`` taken (ties by
-    candidate order): the same on any number of processes. Replicate radii need no bit-exact ties."""
-    n, xp = y.shape[0], np if y.device.type == "cpu" else torch
-    a = y.to(torch.float32)
-    a = a.numpy() if xp is np else a
-    sq = (a * a).sum(1)
-    width = len(range(0, n, block_size)) * keep
-    slots = torch.zeros(n, width, dtype=torch.float64, device=y.device)  # candidate index + 1 (0: none)
-    rank, world = rank_and_world(group) if distributed else (0, 1)
-    for blk in mine(blocks(n, n, block_size, symmetric=True), rank, world):
-        d2 = sq[blk.rows, None] + sq[None, blk.cols] - 2 * (a[blk.rows] @ a[blk.cols].T)
-        if blk.i == blk.j:
-            np.fill_diagonal(d2, math.inf) if xp is np else d2.fill_diagonal_(math.inf)
-        sides = [(blk.rows, blk.cols, blk.j, d2)] + ([] if blk.i == blk.j else [(blk.cols, blk.rows, blk.i, d2.T)])
-        for rows, cols, slot, d in sides:
-            m = min(keep, d.shape[1] - (blk.i == blk.j))
-            if m < 1:
-                continue
-            pick = np.argpartition(d, m - 1, axis=1)[:, :m] if xp is np else d.topk(m, 1, False)[1]
-            pick = X.to_torch(xp, pick).to(y.device) + cols.start
-            slots[rows, slot * keep : slot * keep + m] = pick.double() + 1
-    if distributed and world > 1:  # each slot was filled on one process: the sum merges them
-        (slots,) = all_reduce_packed([slots], group)
-    cand = slots.long() - 1
-    cand[cand == torch.arange(n, device=y.device)[:, None]] = -1  # never the sample itself
-    y64 = y.to(torch.float64)
-    dist = torch.empty(cand.shape, dtype=torch.float64, device=y.device)
-    step = max(1, 2**24 // (width * y.shape[1]))  # rows at a time: 128 MB of gathered float64 features
-    for s in range(0, n, step):
-        part = cand[s : s + step].clamp(min=0)
-        dist[s : s + step] = ((y64[s : s + step, None, :] - y64[part]) ** 2).sum(-1).sqrt()
-    dist = torch.where(cand >= 0, dist, torch.full_like(dist, math.inf))
-    order = dist.argsort(dim=1, stable=True)[:, :keep]
-    return dist.gather(1, order), cand.gather(1, order)
+    Every block offers each of its rows, and each of its columns, its ``keep`` nearest by the screened
+    values, in the row's slot for that column block: the candidates do not depend on how blocks are
+    dealt to processes. :meth:`nearest` keeps the candidates within float32 rounding of each row's
+    ``keep``-th smallest value, computes their distances (in the features' precision) and takes the nearest ``keep``
+    (ties by candidate order): the same on any number of processes. Replicate radii need no bit-exact
+    ties."""
+
+    def __init__(self, n: int, keep: int, block_size: int, device: torch.device) -> None:
+        self.keep = keep
+        width = len(range(0, n, block_size)) * keep
+        self.index = torch.zeros(n, width, dtype=torch.float64, device=device)  # candidate + 1 (0: none)
+        self.value = torch.zeros(n, width, dtype=torch.float64, device=device)  # its screened squared distance
+
+    def visit(self, blk: Block, h: Any) -> None:
+        """Take the nearest of one block (h: minus half squared distances, the own entry -inf)."""
+        h = h if isinstance(h, torch.Tensor) else torch.from_numpy(h)
+        same = blk.i == blk.j
+        for rows, cols, slot, part in [(blk.rows, blk.cols, blk.j, h)] + (
+            [] if same else [(blk.cols, blk.rows, blk.i, h.T)]
+        ):
+            m = min(self.keep, part.shape[1] - same)
+            if m >= 1:
+                found, pick = part.topk(m, 1)  # torch's topk: 20x numpy's argpartition at 2048 x 2048
+                where = slice(slot * self.keep, slot * self.keep + m)
+                self.index[rows, where] = (pick + cols.start + 1).to(self.index)
+                self.value[rows, where] = -2.0 * found.to(self.value)
+
+    def nearest(self, y: Features, distributed: bool, group: Group) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, keep) float64 distances (ascending) and indices, after every block was visited, in the
+        features' precision: these only move replicate radii, which need no bit-exact ties."""
+        index, value = self.index, self.value
+        if distributed and rank_and_world(group)[1] > 1:  # each slot was filled on one process: the sum merges
+            index, value = all_reduce_packed([index, value], group)
+        sq = X.to_torch(y.xp, y.sq).to(index.device, torch.float64)
+        cand = _near_candidates(index.long() - 1, value, sq, self.keep, y.dim)
+        data = X.to_torch(y.xp, y.data).to(cand.device)
+        dist = torch.empty(cand.shape, dtype=torch.float64, device=cand.device)
+        step = max(1, 2**24 // (cand.shape[1] * y.dim))  # rows at a time: 128 MB of gathered features
+        for s in range(0, y.n, step):  # in the features' precision (float32: about 1e-6 relative)
+            diff = data[cand[s : s + step].clamp(min=0)]  # in place from here
+            diff -= data[s : s + step, None, :]
+            dist[s : s + step] = torch.linalg.vector_norm(diff, dim=-1)
+        dist = torch.where(cand >= 0, dist, torch.full_like(dist, math.inf))
+        order = dist.argsort(dim=1, stable=True)[:, : self.keep]
+        return dist.gather(1, order), cand.gather(1, order)
+
+
+def _near_candidates(cand: torch.Tensor, value: torch.Tensor, sq: torch.Tensor, keep: int, dim: int) -> torch.Tensor:
+    """The candidates (-1: none) within float32 rounding of each row's ``keep``-th smallest value,
+    in slot order, packed to the left: (N, L) with L the most any row keeps. A float32 squared distance
+    |a|^2 + |b|^2 - 2 a.b is within 2 (d + 2) u (|a|^2 + |b|^2) of the exact one (u = 2^-24); twice
+    that covers rounding the features to float32 as well."""
+    rows = torch.arange(cand.shape[0], device=cand.device)[:, None]
+    value = torch.where((cand >= 0) & (cand != rows), value, torch.full_like(value, math.inf))
+    slack = 4 * (dim + 2) * 2.0**-24 * (sq + sq.max())
+    limit = value.kthvalue(min(keep, value.shape[1]), dim=1).values + 2 * slack
+    near = value <= limit[:, None]
+    # stable: near candidates first, each row's in slot order
+    order = torch.argsort((~near).to(torch.int8), dim=1, stable=True)[:, : max(int(near.sum(1).max()), 1)]
+    return torch.where(near.gather(1, order), cand.gather(1, order), torch.full_like(order, -1))
 
 
 def _check_groups(groups: int) -> int:
@@ -190,9 +214,9 @@ def precision_recall_estimate(
     r, f, rr, k, opts = _prepare(
         real_features, fake_features, k, real_radii, True, (block_size, distributed, group, products)
     )
-    fr = _radii_of(f, k, opts)
-    y = torch.as_tensor(f.data)
-    alt = widened_radii(y, fr, k, groups, opts["block_size"], distributed, group)
+    near = Neighbours(f.n, min(2 * k + 2, f.n - 1), opts["block_size"], f.device)
+    fr = X.sqrt(squared_radii(f, k, **opts, observe=near.visit))  # the walk shows its blocks to `near`
+    alt = widened_radii(*near.nearest(f, distributed, group), fr, k, groups)
     fake_hits, _, _, _, in_fake_g, extra_g = ball_counts(r, f, rr, fr, False, False, opts, groups, alt)
     sizes = group_sizes(f.n, groups)
     precision = mean_estimate(per_group_sums((fake_hits > 0).double(), groups), sizes)
