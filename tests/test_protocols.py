@@ -91,16 +91,20 @@ def _labels_seen(rank, world, policy):
     return values, ConditionalGAN.seen
 
 
-@pytest.mark.parametrize("policy", ["uniform", "balanced"])
-def test_label_policies_reach_the_sampler_identically_for_one_and_two_processes(policy, tmp_path):
-    one_values, seen = _labels_seen(0, 1, policy)
-    expected = uniform_labels(24, 4, 0) if policy == "uniform" else balanced_labels(24, 4)
-    assert torch.equal(torch.cat(seen), expected)  # batches in order on one process
-    two = run_distributed(_labels_seen, 2, tmp_path, policy)
-    for values, _ in two:  # the same values (moments summed in another order: rounding only)
-        assert values == pytest.approx(one_values, rel=1e-12)
-    dealt = torch.cat([b for _, batches in two for b in batches])  # every sample once, with its label
-    assert torch.equal(dealt.sort().values, expected.sort().values)
+def _both_policies(rank, world):
+    return {policy: _labels_seen(rank, world, policy) for policy in ("uniform", "balanced")}
+
+
+def test_label_policies_reach_the_sampler_identically_for_one_and_two_processes(tmp_path):
+    two = run_distributed(_both_policies, 2, tmp_path)  # one launch for both policies
+    for policy in ("uniform", "balanced"):
+        one_values, seen = _labels_seen(0, 1, policy)
+        expected = uniform_labels(24, 4, 0) if policy == "uniform" else balanced_labels(24, 4)
+        assert torch.equal(torch.cat(seen), expected)  # batches in order on one process
+        for values, _ in (result[policy] for result in two):  # the same values (moments summed in another order)
+            assert values == pytest.approx(one_values, rel=1e-12)
+        dealt = torch.cat([b for result in two for b in result[policy][1]])  # every sample once, with its label
+        assert torch.equal(dealt.sort().values, expected.sort().values)
 
 
 # ---------------------------------------------------------------------------------------- minimum over seeds
@@ -230,6 +234,7 @@ def test_a_pytorch_fid_protocol_reads_inception_the_pytorch_fid_way(tmp_path, mo
         batch_size=5,
         progress=False,
         sample_fn=lambda m, n, g: torch.rand(n, 3, 8, 8, generator=g) * 2 - 1,
+        error_bars=False,
     )
     card = evaluator.card()
     assert card["protocol"] == "pytorch-fid" and card["deviations"] == []
@@ -248,7 +253,13 @@ def test_the_edm2_protocol_reads_dinov2_with_edm2s_torch_resize(tmp_path):
         "dinov2": write_meta_checkpoint(tmp_path / "dinov2_vitl14_pretrain.pth"),
     }
     evaluator = Evaluator(
-        TensorDataset(real_images(12)), protocol="edm2", weights=weights, num_samples=10, batch_size=5, progress=False
+        TensorDataset(real_images(12)),
+        protocol="edm2",
+        weights=weights,
+        num_samples=10,
+        batch_size=5,
+        progress=False,
+        error_bars=False,
     )
     with pytest.warns(UserWarning, match="not the published dinov2 weights"):
         card = evaluator.card()

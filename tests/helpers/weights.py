@@ -7,6 +7,7 @@ OpenAI-style TorchScript archive for CLIP.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -34,7 +35,19 @@ def calibration_images(n: int = 16, size: int = 64, seed: int = 0) -> torch.Tens
 def random_inception_state_dict(seed: int = 0, calibration: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """torch-fidelity's Inception-v3 keys and shapes: He-scaled random weights, and BatchNorm running
     statistics calibrated on images (``calibration``, uint8, default :func:`calibration_images`) in
-    train mode with a cumulative average, so features are informative rather than near-constant."""
+    train mode with a cumulative average, so features are informative rather than near-constant.
+    With the default calibration the result is made once per seed and test process (copies)."""
+    if calibration is None:
+        return {k: v.clone() for k, v in _default_inception(seed).items()}
+    return _calibrated_inception(seed, calibration)
+
+
+@functools.lru_cache(maxsize=4)
+def _default_inception(seed: int) -> dict[str, torch.Tensor]:
+    return _calibrated_inception(seed, calibration_images(seed=seed))
+
+
+def _calibrated_inception(seed: int, calibration: torch.Tensor) -> dict[str, torch.Tensor]:
     template = TorchFidelityInception(None)
     g = torch.Generator().manual_seed(seed)
     state = {}
@@ -58,7 +71,7 @@ def random_inception_state_dict(seed: int = 0, calibration: torch.Tensor | None 
             module.momentum = None  # cumulative average over the calibration batches
     net.train()
     with torch.no_grad():
-        for batch in (calibration if calibration is not None else calibration_images(seed=seed)).split(8):
+        for batch in calibration.split(8):
             net(batch)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
