@@ -25,7 +25,8 @@ quantisation, a small random encoder, group moments, merge, scoring) with noise 
 reference images come from a nearby generator (weights x 1.3 plus 5 % noise, bias + 0.1) plus pixel noise.
 
 Each row is appended to ``--out`` as JSON as soon as it is done, so cells can be run apart;
-``--table FILE`` prints the table of a results file.
+``--table FILE [FILE ...]`` prints the table of results files (``--pivot``: README's layout, a later
+file's cell replacing an earlier one's).
 """
 
 from __future__ import annotations
@@ -218,6 +219,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot(rows: list[dict]) -> str:
+    """A markdown table of the ratios: one row per (features, d, N), one column per metric; a later row
+    of the same cell replaces an earlier one (results files given in order)."""
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        cells.setdefault((r["source"], r["d"], r["n"]), {})[r["metric"]] = r
+    metrics = ["fid", "kid", "cmmd", "precision", "recall"]
+    lines = [
+        "| features | d | N | seeds | " + " | ".join(metrics) + " |",
+        "|---|---:|---:|---|" + "---:|" * len(metrics),
+    ]
+    for (source, d, n), found in sorted(cells.items(), key=lambda c: (c[0][0] == "callback", c[0])):
+        out = []
+        for m in metrics:
+            r = found.get(m)
+            ratio = r["rms_se"] / r["sd"] if r and r["sd"] > 0 else math.nan
+            out.append("—" if r is None else f"{ratio:.2f}" + ("" if 0.8 <= ratio <= 1.25 else " ✗"))
+        seeds = "/".join(str(s) for s in sorted({r["seeds"] for r in found.values()}, reverse=True))
+        lines.append(f"| {source} | {d} | {n} | {seeds} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--metrics", default="fid,kid,cmmd,precision,recall")
@@ -228,11 +251,13 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=DEFAULT_GROUPS)
     parser.add_argument("--callback", action="store_true", help="the small generator through GenerativeMetrics")
     parser.add_argument("--out", default="calibration.jsonl")
-    parser.add_argument("--table", default=None, help="print the table of this results file and exit")
+    parser.add_argument("--table", nargs="+", default=None, help="print the table of these results files and exit")
+    parser.add_argument("--pivot", action="store_true", help="with --table: one markdown row per cell (README's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a shared machine)")
     args = parser.parse_args()
     if args.table:
-        print(table([json.loads(line) for line in Path(args.table).read_text().splitlines() if line.strip()]))
+        rows = [json.loads(line) for f in args.table for line in Path(f).read_text().splitlines() if line.strip()]
+        print(pivot(rows) if args.pivot else table(rows))
         return
     torch.set_num_threads(args.threads)
     names = args.metrics.split(",")

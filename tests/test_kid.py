@@ -133,3 +133,30 @@ def test_cached_real_terms_give_bit_identical_values(rng):
     assert kid(real, fake, 7, 50, 3, real_terms=terms) == kid(real, fake, 7, 50, 3)
     with pytest.raises(ValueError, match="real_terms has shape"):
         kid(real, fake, 8, 50, 3, real_terms=terms)
+
+
+def test_kernel_walks_run_their_float32_grams_in_ieee_float32(rng, monkeypatch):
+    """Called directly (outside the callback's precision guard), KID's and CMMD's kernel walks switch
+    TF32 off themselves on the features' device, as the k-NN walks do (a no-op on the CPU)."""
+    from contextlib import contextmanager
+
+    from lightning_fid.metrics import _kernels, _kid_terms
+    from lightning_fid.metrics.cmmd import cmmd
+    from lightning_fid.metrics.kid import kid
+
+    entered = []
+
+    @contextmanager
+    def recording(device):
+        entered.append(torch.device(device).type)
+        yield
+
+    monkeypatch.setattr(_kernels, "ieee_float32", recording)
+    monkeypatch.setattr(_kid_terms, "ieee_float32", recording)
+    x = torch.from_numpy(rng.standard_normal((40, 8)).astype(np.float32))
+    kid(x, x + 0.1, 3, 10, 0)
+    assert entered and set(entered) == {"cpu"}
+    entered.clear()
+    unit = torch.nn.functional.normalize(x, dim=1)
+    cmmd(unit, unit.flip(0))
+    assert entered and set(entered) == {"cpu"}

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from lightning_fid.engine._distributed import Group, all_reduce_packed, rank_and_world
-from lightning_fid.metrics._blocks import Block, blocks, mine
+from lightning_fid.metrics._blocks import Block, blocks, ieee_float32, mine
 
 # kernel(gram, x_sq, y_sq, dim, xp, same) -> (float64 sum of the kernel block, and of its diagonal if
 # same else 0); it may overwrite gram, which is in the features' precision. xp is numpy or torch.
@@ -143,9 +143,10 @@ def pair_sums(
         x, y = x.to(dtype).contiguous(), y.to(dtype).contiguous()
         if device.type == "cpu":
             x, y = x.numpy(), y.numpy()
-        for blk, total, diagonal in kernel_blocks(x, y, symmetric, kernel, block_size, rank, world, job):
-            sums[p][0] += (2.0 if symmetric and blk.j > blk.i else 1.0) * total
-            sums[p][1] += diagonal
+        with ieee_float32(device):  # whatever TF32 setting the caller has: float32 Grams stay float32
+            for blk, total, diagonal in kernel_blocks(x, y, symmetric, kernel, block_size, rank, world, job):
+                sums[p][0] += (2.0 if symmetric and blk.j > blk.i else 1.0) * total
+                sums[p][1] += diagonal
         job += sum(1 for _ in blocks(x.shape[0], y.shape[0], block_size, symmetric))
     partial = torch.tensor([[float(v) for v in s] for s in sums], dtype=torch.float64, device=device)
     if distributed and world > 1:
@@ -174,12 +175,13 @@ def pair_group_sums(
         if device.type == "cpu":
             x, y = x.numpy(), y.numpy()
         walk = list(blocks(x.shape[0], y.shape[0], block_size, symmetric))
-        for blk in mine(walk, rank, world, start=job):
-            same = symmetric and blk.i == blk.j
-            k = _values(kernel, x[blk.rows], y[blk.cols], same)
-            sums[p, 0] += (2.0 if symmetric and blk.j > blk.i else 1.0) * float(k.sum())  # as pair_sums
-            sums[p, 1] += float(k.diagonal().sum()) if same else 0.0
-            sums[p, 2:] += _group_sums(torch.as_tensor(k), blk, groups, symmetric).reshape(-1).cpu()
+        with ieee_float32(device):
+            for blk in mine(walk, rank, world, start=job):
+                same = symmetric and blk.i == blk.j
+                k = _values(kernel, x[blk.rows], y[blk.cols], same)
+                sums[p, 0] += (2.0 if symmetric and blk.j > blk.i else 1.0) * float(k.sum())  # as pair_sums
+                sums[p, 1] += float(k.diagonal().sum()) if same else 0.0
+                sums[p, 2:] += _group_sums(torch.as_tensor(k), blk, groups, symmetric).reshape(-1).cpu()
         job += len(walk)
     if distributed and world > 1:
         (sums,) = all_reduce_packed([sums.to(device)], group)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from lightning_fid.engine._distributed import Group, all_reduce_packed, rank_and_world
-from lightning_fid.metrics._blocks import blocks, mine
+from lightning_fid.metrics._blocks import blocks, ieee_float32, mine
 from lightning_fid.metrics._kernels import compute_dtype, pair_sums, polynomial_kernel
 
 
@@ -225,6 +225,20 @@ def subset_sums(
     diagonal sums are then the ones an unbiased estimate drops). Subsets hold distinct samples. With
     ``groups`` also the (S, 3, G) group sums of :func:`subset_group_sums` (y generated; x when
     ``index_y`` is None)."""
+    with ieee_float32(x.device):  # whatever TF32 setting the caller has: float32 Grams stay float32
+        return _subset_sums(x, y, index_x, index_y, block_size, distributed, group, groups)
+
+
+def _subset_sums(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    index_x: list[torch.Tensor],
+    index_y: list[torch.Tensor] | None,
+    block_size: int,
+    distributed: bool,
+    group: Group,
+    groups: int,
+) -> tuple[torch.Tensor, ...]:
     symmetric = index_y is None
     count, size, dim = len(index_x), len(index_x[0]), x.shape[1]
     pairs = x.shape[0] * y.shape[0] / (2.0 if symmetric else 1.0)

@@ -205,7 +205,8 @@ def precision_recall_estimate(
     products: str = "float32",
 ) -> tuple[Estimate, Estimate]:
     """:func:`~lightning_fid.metrics.precision_recall` as two :class:`~lightning_fid.metrics.Estimate`
-    with delete-a-group jackknife replicates (see the module docstring; recall's keep the radii).
+    with delete-a-group jackknife replicates (see the module docstring: recall's balls widen where the
+    left-out group held a neighbour, by a shrunk amount).
 
     Raises:
         ValueError: as :func:`~lightning_fid.metrics.precision_recall`, or ``groups`` below 2.
