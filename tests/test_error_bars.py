@@ -316,3 +316,82 @@ def test_knn_replicates_leave_each_group_out(rng, block_size):
     # (shrunk by widening_shrink), brute force in float64
     np.testing.assert_allclose(r.replicates.numpy(), _brute_recall_replicates(real, fake, 3, 10), rtol=1e-12)
     assert all(e.se > 0 for e in (p, r, d, c))
+
+
+@pytest.mark.parametrize("groups, k", [(2, 5), (3, 3), (10, 3)])
+def test_recall_replicates_when_the_left_out_group_holds_most_neighbours(rng, groups, k):
+    """Few groups (half the neighbours in the left-out one) and a group holding 12 copies of one sample:
+    the neighbour lists run out and those rows are measured against every sample; still the brute
+    force delete-a-group recall."""
+    from lightning_fid.metrics._knn_errors import precision_recall_estimate
+
+    real = torch.from_numpy(rng.standard_normal((150, 6)).astype(np.float32))
+    fake = rng.standard_normal((120, 6)).astype(np.float32) * 1.2 + 0.2
+    fake[::groups][:12] = fake[0]  # copies in group 0: their k nearest are all in it
+    fake = torch.from_numpy(fake)
+    _, r = precision_recall_estimate(real, fake, k, groups=groups, block_size=32)
+    np.testing.assert_allclose(r.replicates.numpy(), _brute_recall_replicates(real, fake, k, groups), rtol=1e-12)
+
+
+def test_recall_replicates_without_enough_samples_for_a_radius_are_undefined(rng):
+    from lightning_fid.metrics._knn_errors import precision_recall_estimate
+
+    real = torch.from_numpy(rng.standard_normal((30, 4)).astype(np.float32))
+    fake = torch.from_numpy(rng.standard_normal((5, 4)).astype(np.float32))
+    _, r = precision_recall_estimate(real, fake, 4, groups=5)  # leaving one out leaves 4 = k samples
+    assert math.isnan(r.se) and math.isfinite(r.value)
+    _, r = precision_recall_estimate(real, fake, 3, groups=5)  # 4 > k = 3: defined
+    assert math.isfinite(r.se)
+
+
+@pytest.mark.parametrize("dim", [6, 64])
+def test_a_collapsed_generator_has_a_finite_fid_and_a_zero_standard_error(rng, dim):
+    """Every generated sample identical: the covariance is rounding alone (possibly with tiny negative
+    eigenvalues), FID is |mu1 - y|^2 + tr S1, and the SE over redraws is 0."""
+    from lightning_fid.engine._accumulators import FeatureMoments, GroupMoments
+    from lightning_fid.metrics import frechet_distance
+    from lightning_fid.metrics.fid import frechet_estimate
+
+    real = torch.from_numpy(rng.standard_normal((3000, dim)))
+    mu1, s1 = real.mean(0), torch.cov(real.T)
+    row = torch.from_numpy(rng.standard_normal(dim) * 3 + 5)  # a large mean: the most cancellation
+    x = row[None].repeat(300, 1)
+    total, grouped = FeatureMoments(dim), GroupMoments(dim, 10)
+    total.update(x)
+    grouped.update(x, torch.arange(300))
+    stats = total.statistics()
+    expected = float(((mu1 - row) ** 2).sum() + torch.trace(s1))
+    assert frechet_distance(mu1, s1, stats.mu, stats.sigma) == pytest.approx(expected, rel=1e-6)
+    est = frechet_estimate(mu1, s1, stats.mu, stats.sigma, tuple(grouped.tensors()))
+    assert est.value == pytest.approx(expected, rel=1e-6) and est.se == pytest.approx(0.0, abs=1e-6 * expected)
+    with pytest.raises(ValueError, match="not positive semi-definite"):  # a real negative direction still is refused
+        frechet_distance(mu1, s1, stats.mu, stats.sigma - 0.01 * torch.eye(dim, dtype=torch.float64))
+
+
+def test_error_bars_that_cannot_work_are_refused_when_the_callback_is_made(tmp_path, monkeypatch):
+    from helpers.tiny import make_callback
+
+    from lightning_fid.engine import _memory, build_slots
+    from lightning_fid.metrics import FID
+
+    with pytest.raises(ValueError, match=r"100 jackknife groups but an evaluation draws only 23 samples"):
+        make_callback(tmp_path, metrics=("fid",), error_bars=100)
+    assert make_callback(tmp_path, metrics=("fid",), error_bars=np.int64(23)).evaluator.scorer.groups == 23
+    slots, _ = build_slots([FID()], TinyFeatures())  # 8-d: each group keeps 73 float64 values, merged once
+    monkeypatch.setattr(_memory, "available_bytes", lambda device: 10_000)
+    _memory.check_group_memory(slots, {slots[0].info.name: 5}, 23, torch.device("cpu"))  # 5.8 kB: fits
+    with pytest.raises(ValueError, match=r"lower error_bars \(True: 10 groups\) or set error_bars=False"):
+        _memory.check_group_memory(slots, {slots[0].info.name: 10}, 23, torch.device("cpu"))
+
+
+def test_an_estimate_is_one_replicate_per_group_and_counts_for_sizes():
+    from lightning_fid.metrics import Estimate
+
+    with pytest.raises(ValueError, match=r"1-D tensors of one length.*\(10, 2\)"):
+        Estimate(1.0, torch.zeros(10, 2), torch.ones(20))
+    with pytest.raises(ValueError, match="1-D tensors of one length"):
+        Estimate(1.0, torch.zeros(5), torch.ones(10))
+    for sizes in (torch.tensor([3.0, -1.0]), torch.tensor([3.0, 0.5]), torch.tensor([3.0, math.nan])):
+        with pytest.raises(ValueError, match="group sizes must be counts"):
+            Estimate(1.0, torch.zeros(2), sizes)
+    assert Estimate(1.0, torch.zeros(2), torch.tensor([3.0, 0.0])).sizes.tolist() == [3.0, 0.0]  # an empty group

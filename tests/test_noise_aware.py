@@ -99,3 +99,35 @@ def test_the_stoppers_anchor_is_checkpointed():
     plain = FreshEarlyStopping(monitor="fid")
     plain.load_state_dict({k: v for k, v in stopper.state_dict().items() if k != "anchor"})  # an older checkpoint
     assert plain._anchor is None
+
+
+@pytest.mark.parametrize("after", [{"error_bars": 20}, {"num_samples": 20}])
+def test_a_resume_with_other_groups_starts_the_paired_comparisons_afresh(tmp_path, after):
+    """Every kept anchor (the best evaluation's replicates, the stopper's and the checkpoint's) was made
+    with 10 groups of 23 samples; after a resume with other groups or another sample count a paired
+    difference is undefined: each says so once and starts afresh, instead of NaN for ever after."""
+
+    def callbacks(**overrides):
+        return [
+            make_callback(tmp_path, metrics=("fid",), **overrides),
+            FreshEarlyStopping(monitor="fid", mode="min", patience=2, noise_aware=True),
+            NoiseAwareCheckpoint(dirpath=tmp_path / "kept", monitor="fid", mode="min"),
+            ModelCheckpoint(dirpath=tmp_path / "all", save_top_k=-1, filename="{epoch}"),
+        ]
+
+    kw = trainer_kwargs(tmp_path / "a", max_epochs=2, enable_checkpointing=True)
+    pl.Trainer(callbacks=callbacks(), **kw).fit(TinyGAN(lr=0.2), *loaders())
+    resumed = callbacks(**after)
+    with pytest.warns(UserWarning, match="starts afresh") as caught:
+        pl.Trainer(callbacks=resumed, **trainer_kwargs(tmp_path / "b", max_epochs=4, enable_checkpointing=True)).fit(
+            TinyGAN(lr=0.2), *loaders(), ckpt_path=str(tmp_path / "all" / "epoch=1.ckpt")
+        )
+    afresh = [str(w.message) for w in caught if "starts afresh" in str(w.message)]
+    # each anchor once (GenerativeMetrics drops its best on loading a checkpoint of another sample count)
+    assert len(afresh) == (3 if "error_bars" in after else 2)
+    assert all("10 groups of 23 samples" in m for m in afresh)
+    metrics, stopper, kept = resumed[:3]
+    assert "fid_vs_best" not in metrics.history[2]  # the first evaluation after the resume: nothing to pair
+    assert math.isfinite(metrics.history[3]["fid_vs_best_se"])  # then paired with it again
+    groups = after.get("error_bars", 10)
+    assert len(stopper._anchor.sizes) == groups and len(kept._anchor.sizes) == groups

@@ -19,6 +19,7 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from typing_extensions import override
 
+from lightning_fid.callbacks._pairing import paired_anchor
 from lightning_fid.callbacks._run import error_directions
 from lightning_fid.metrics._jackknife import Estimate
 from lightning_fid.metrics.base import check_positive
@@ -124,6 +125,7 @@ class NoiseAwareCheckpoint(ModelCheckpoint):
         if current is None or estimate is None or when == self._decided or not math.isfinite(estimate.value):
             return False
         self._decided = when
+        self._anchor = paired_anchor(self._anchor, estimate, "NoiseAwareCheckpoint")
         better = trainer.strategy.reduce_boolean_decision(significant(estimate, self._anchor, self.mode, self.z))
         if better:
             self._anchor = estimate

@@ -39,6 +39,7 @@ from lightning_fid.callbacks._checkpoint import (
     load_anchor,
     significant,
 )
+from lightning_fid.callbacks._pairing import paired_anchor
 from lightning_fid.callbacks._schedule import Cadence
 from lightning_fid.metrics._jackknife import Estimate
 from lightning_fid.metrics.base import check_positive
@@ -205,6 +206,7 @@ class FreshEarlyStopping(EarlyStopping):
         _, estimate = latest_estimate(self.monitor, trainer)
         if estimate is None:
             return
+        self._anchor = paired_anchor(self._anchor, estimate, "FreshEarlyStopping")
         if significant(estimate, self._anchor, self.mode, self.z, self.min_delta):
             self._anchor, self.wait_count = estimate, 0
             self.best_score = torch.tensor(estimate.value)

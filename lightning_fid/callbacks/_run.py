@@ -20,6 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_fid.callbacks._history import History, restore_state
+from lightning_fid.callbacks._pairing import paired_anchor
 from lightning_fid.callbacks._weights import scored_weights
 from lightning_fid.engine import Evaluator
 from lightning_fid.metrics._jackknife import Estimate
@@ -102,6 +103,10 @@ class RunState:
         out: dict[str, float] = {}
         for name, (_, key, suffix) in directions.items():
             best = self.best_estimates.get(name)
+            if best is not None and name in estimates:
+                best = paired_anchor(best, estimates[name], f"GenerativeMetrics' {key + suffix}_vs_best")
+                if best is None:  # another number of groups or samples: this evaluation starts afresh
+                    del self.best_estimates[name]
             if best is None:
                 continue
             diff = estimates[name].minus(best) if name in estimates else None

@@ -28,6 +28,7 @@ from lightning_fid.engine._labels import (
     count_classes,
     label_policy,
 )
+from lightning_fid.engine._memory import check_group_memory
 from lightning_fid.engine._pipeline import sample_and_extract
 from lightning_fid.engine._real import as_real_data
 from lightning_fid.engine._reference import Reference, is_statistics_file, resolve_reference
@@ -106,7 +107,7 @@ class Evaluator:
         if per_class:
             check_class_counts(conditions, classes, num_samples)
         self.run = RunInfo(num_samples=needed, classes=classes, min_samples=num_samples)
-        self.scorer = Scorer(self.metrics, (), self.run, seed, groups=check_groups(error_bars))
+        self.scorer = Scorer(self.metrics, (), self.run, seed, groups=check_groups(error_bars, num_samples))
         self.sample_fn = sample_fn
         self.feature_extractor = feature_extractor
         self.weights = dict(weights or {})
@@ -201,6 +202,7 @@ class Evaluator:
         with torch.inference_mode(False), torch.no_grad(), preserved_rng():
             for slot in self.slots:
                 slot.module.to(device)
+            check_group_memory(self.slots, self.scorer.grouped_slots(), self.run.num_samples, device)
             reference = resolve_reference(
                 self.real.source,
                 self.slots,

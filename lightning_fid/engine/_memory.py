@@ -8,7 +8,7 @@ at its first evaluation, after the first epoch: it is refused before training in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -62,4 +62,29 @@ def check_memory(slots: Sequence[Slot], num_samples: int, num_real: int, device:
         f"real samples" + (f", every feature kept for {kept}" if kept else "") + f"), but only {available / 2**30:.1f} "
         "GiB are available: lower num_samples / final_num_samples or RealData(num_real=...), or drop the "
         "kept-feature metrics (KID, CMMD, IS, precision/recall, density/coverage, FID-infinity)"
+    )
+
+
+def check_group_memory(
+    slots: Sequence[Slot], grouped: Mapping[str, int], num_samples: int, device: torch.device
+) -> None:
+    """Refuse error bars whose per-group moments cannot fit: each grouped slot keeps G x (d^2 + d + 1)
+    float64 values for the generated set, and its merge one copy of them.
+
+    Raises:
+        ValueError: when they and the run's other statistics need more than :data:`SHARE` of the
+            available memory, naming ``error_bars``.
+    """
+    extra = sum(
+        2 * grouped[s.info.name] * (s.info.feature_dim**2 + s.info.feature_dim + 1) * 8
+        for s in slots
+        if s.info.name in grouped
+    )
+    available = available_bytes(device)
+    if not extra or available is None or needed_bytes(slots, num_samples, 0) + extra <= SHARE * available:
+        return
+    raise ValueError(
+        f"error bars with {max(grouped.values())} groups keep {extra / 2**30:.1f} GiB of per-group moments on "
+        f"{device} (for {sorted(grouped)}), more than the {available / 2**30:.1f} GiB available allow: lower "
+        "error_bars (True: 10 groups) or set error_bars=False"
     )

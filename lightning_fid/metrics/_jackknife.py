@@ -21,6 +21,7 @@ Everything here is float64 and on the CPU: an estimate is ``G`` numbers.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -33,23 +34,31 @@ import torch
 DEFAULT_GROUPS = 10
 
 
-def check_groups(error_bars: Any) -> int:
+def check_groups(error_bars: Any, num_samples: int | None = None) -> int:
     """The number of jackknife groups an ``error_bars`` option asks for: ``True`` gives
-    :data:`DEFAULT_GROUPS`, ``False`` / ``None`` / ``0`` none, an integer >= 2 that many.
+    :data:`DEFAULT_GROUPS`, ``False`` / ``None`` / ``0`` none, an integer >= 2 that many, at most
+    ``num_samples`` (an evaluation's samples: a group asked for needs one).
 
     Raises:
-        ValueError: anything else.
+        ValueError: anything else, or more groups than samples.
     """
     if error_bars is None or error_bars is False:
         return 0
-    if error_bars is True:
+    if error_bars is True:  # the default: fewer samples than groups leave groups empty (left out of the SE)
         return DEFAULT_GROUPS
-    if isinstance(error_bars, int) and (error_bars == 0 or error_bars >= 2):
-        return error_bars
-    raise ValueError(
-        f"error_bars must be True (the default: {DEFAULT_GROUPS} jackknife groups), False, or a number of "
-        f"groups >= 2, got {error_bars!r}"
-    )
+    if isinstance(error_bars, numbers.Integral) and (int(error_bars) == 0 or int(error_bars) >= 2):
+        groups = int(error_bars)
+    else:
+        raise ValueError(
+            f"error_bars must be True (the default: {DEFAULT_GROUPS} jackknife groups), False, or a number of "
+            f"groups >= 2, got {error_bars!r}"
+        )
+    if num_samples is not None and groups > num_samples:
+        raise ValueError(
+            f"error_bars asks for {groups} jackknife groups but an evaluation draws only {num_samples} samples: "
+            f"use at most num_samples groups (error_bars=True gives {DEFAULT_GROUPS}), or error_bars=False"
+        )
+    return groups
 
 
 def group_sizes(n: int, groups: int) -> torch.Tensor:
@@ -90,7 +99,8 @@ class Estimate:
         sizes: (G,) samples in each group (the weights of the jackknife; 0: an empty group).
 
     Raises:
-        ValueError: replicates and sizes that are not two 1-D tensors of one length.
+        ValueError: replicates and sizes that are not two 1-D tensors of one length, or sizes that are
+            not counts.
     """
 
     value: float
@@ -98,10 +108,15 @@ class Estimate:
     sizes: torch.Tensor
 
     def __post_init__(self) -> None:
-        reps = torch.as_tensor(self.replicates).detach().to("cpu", torch.float64).reshape(-1)
-        sizes = torch.as_tensor(self.sizes).detach().to("cpu", torch.float64).reshape(-1)
-        if reps.shape != sizes.shape:
-            raise ValueError(f"{reps.numel()} replicates for {sizes.numel()} group sizes")
+        reps = torch.as_tensor(self.replicates).detach().to("cpu", torch.float64)
+        sizes = torch.as_tensor(self.sizes).detach().to("cpu", torch.float64)
+        if reps.ndim != 1 or sizes.ndim != 1 or reps.shape != sizes.shape:
+            raise ValueError(
+                f"an Estimate needs two 1-D tensors of one length (a replicate per group and its size), got "
+                f"replicates of shape {tuple(reps.shape)} and sizes of shape {tuple(sizes.shape)}"
+            )
+        if not bool(torch.isfinite(sizes).all()) or bool((sizes < 0).any()) or bool((sizes != sizes.round()).any()):
+            raise ValueError(f"group sizes must be counts (whole numbers >= 0), got {sizes.tolist()}")
         object.__setattr__(self, "value", float(self.value))
         object.__setattr__(self, "replicates", reps)
         object.__setattr__(self, "sizes", sizes)
@@ -111,10 +126,15 @@ class Estimate:
         """The jackknife standard error of :attr:`value`."""
         return jackknife_se(self.value, self.replicates, self.sizes)
 
+    def pairs_with(self, other: Estimate) -> bool:
+        """Whether a paired difference with ``other`` is defined: the same groups of the same sample
+        count (the fixed noise itself is the caller's to keep)."""
+        return torch.equal(self.sizes, other.sizes)
+
     def minus(self, other: Estimate) -> Estimate:
         """``self - other`` with its paired replicates: valid when both come from the same sample
         indices (the same fixed noise, sample count and groups); NaN replicates otherwise."""
-        if not torch.equal(self.sizes, other.sizes):
+        if not self.pairs_with(other):
             return Estimate(self.value - other.value, torch.full_like(self.sizes, math.nan), self.sizes)
         return Estimate(self.value - other.value, self.replicates - other.replicates, self.sizes)
 

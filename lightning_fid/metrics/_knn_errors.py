@@ -12,9 +12,11 @@ with ``groups``):
 - recall (real samples inside a generated ball): real sample j stays covered without group g when a
   ball of another group holds it, where leaving g out *widens* the balls whose k nearest neighbours g
   held: their radius grows towards the k-th nearest neighbour outside g. :func:`widened_radii` reads
-  those from each generated sample's 2k + 2 nearest neighbours (one more pass over the generated set's
-  block pairs, float32 products, the kept pairs in float64; about what the generated set's own radii
-  cost), and the ball walk tests the widening band of each ball exactly.
+  those from each generated sample's nearest neighbours (:func:`neighbour_count` of them, 9 at k = 3
+  and G = 10), which :class:`Neighbours` collects from the blocks of the walk that finds the generated
+  radii (no second pass); a row whose list runs out is measured against every sample. The ball walk
+  tests the widening band of each ball exactly. A replicate that leaves k or fewer generated samples
+  is undefined (NaN, so the SE is NaN).
 
   The widening is *shrunk* by :func:`widening_shrink` (0.734 at k = 3, G = 10). A k-NN radius is a
   local order statistic, and the jackknife over-counts the variance of order statistics (Efron 1982,
@@ -59,13 +61,15 @@ def _covered(counts: torch.Tensor, sizes: torch.Tensor, extra: torch.Tensor | No
 
 
 def widened_radii(
-    dist: torch.Tensor, index: torch.Tensor, radii: torch.Tensor, k: int, groups: int
+    y: Features, dist: torch.Tensor, index: torch.Tensor, radii: torch.Tensor, k: int, groups: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per generated sample i and each of its k nearest neighbours' groups g (other than i's own): the
     radius of i's ball when g is left out, the distance to its k-th nearest neighbour outside g (at
     least ``radii[i]``), with the widening shrunk by :func:`widening_shrink`. ``dist`` / ``index``: each
-    sample's 2k + 2 nearest others, nearest first (:class:`Neighbours`). Returns ((N, k) float64
-    radii, (N, k) int64 groups, -1 where none)."""
+    sample's :func:`neighbour_count` nearest others, nearest first (:class:`Neighbours`); a row whose
+    list holds fewer than k samples outside g (g held most of them) is measured against every sample
+    outside g. Returns ((N, k) float64 radii, inf where fewer than k samples are left, and (N, k)
+    int64 groups, -1 where none)."""
     n = dist.shape[0]
     nbr = index % groups  # the neighbours' groups, nearest first
     own = torch.arange(n, device=dist.device) % groups
@@ -75,10 +79,34 @@ def widened_radii(
     for j in range(k):
         g = nbr[:, j]
         outside = (nbr != g[:, None]).cumsum(1) >= k  # the k-th neighbour outside g and beyond
-        first = torch.where(outside.any(1), outside.float().argmax(1), torch.full_like(g, dist.shape[1] - 1))
-        alt_r[:, j] = base + shrink * (torch.maximum(dist.gather(1, first[:, None])[:, 0], base) - base)
+        found = outside.any(1)
+        kth = dist.gather(1, outside.float().argmax(1)[:, None])[:, 0]
+        if not bool(found.all()):  # the list ran out: measure those rows against every sample outside g
+            rows = torch.nonzero(~found)[:, 0]
+            kth[rows] = _kth_outside(y, rows, g[rows], k, groups)
+        alt_r[:, j] = base + shrink * (torch.maximum(kth, base) - base)
         alt_g[:, j] = torch.where(g == own, torch.full_like(g, -1), g)
     return alt_r, alt_g
+
+
+def neighbour_count(k: int, groups: int, n: int) -> int:
+    """How many nearest neighbours :func:`widened_radii` reads per sample: enough to hold k + 1 outside
+    a left-out group on average (k + 1 over the share (G - 1) / G), plus k + 1 to spare."""
+    return min(n - 1, math.ceil((k + 1) * groups / (groups - 1)) + k + 1)
+
+
+def _kth_outside(y: Features, rows: torch.Tensor, left_out: torch.Tensor, k: int, groups: int) -> torch.Tensor:
+    """Distance of each sample ``rows[r]`` to its k-th nearest other sample outside group
+    ``left_out[r]`` (inf when fewer than k are left), in the features' precision, 64 rows at a time."""
+    data = X.to_torch(y.xp, y.data).to(rows.device)
+    ids = torch.arange(y.n, device=rows.device)
+    out = torch.empty(rows.shape[0], dtype=torch.float64, device=rows.device)
+    for s in range(0, rows.shape[0], 64):
+        r, g = rows[s : s + 64], left_out[s : s + 64]
+        d = torch.cdist(data[r].double(), data.double()).to(torch.float64)
+        d[(ids[None, :] % groups == g[:, None]) | (ids[None, :] == r[:, None])] = math.inf
+        out[s : s + 64] = d.kthvalue(k, dim=1).values if d.shape[1] >= k else math.inf
+    return out
 
 
 def widening_shrink(k: int, groups: int) -> float:
@@ -215,13 +243,16 @@ def precision_recall_estimate(
     r, f, rr, k, opts = _prepare(
         real_features, fake_features, k, real_radii, True, (block_size, distributed, group, products)
     )
-    near = Neighbours(f.n, min(2 * k + 2, f.n - 1), opts["block_size"], f.device)
+    near = Neighbours(f.n, neighbour_count(k, groups, f.n), opts["block_size"], f.device)
     fr = X.sqrt(squared_radii(f, k, **opts, observe=near.visit))  # the walk shows its blocks to `near`
-    alt = widened_radii(*near.nearest(f, distributed, group), fr, k, groups)
+    alt = widened_radii(f, *near.nearest(f, distributed, group), fr, k, groups)
     fake_hits, _, _, _, in_fake_g, extra_g = ball_counts(r, f, rr, fr, False, False, opts, groups, alt)
     sizes = group_sizes(f.n, groups)
     precision = mean_estimate(per_group_sums((fake_hits > 0).double(), groups), sizes)
-    return precision, _covered(in_fake_g, sizes, extra_g)
+    recall = _covered(in_fake_g, sizes, extra_g)
+    # without a group, k or fewer generated samples have no k-th neighbour: that replicate is undefined
+    undefined = (f.n - sizes) <= k
+    return precision, Estimate(recall.value, recall.replicates.masked_fill(undefined, math.nan), sizes)
 
 
 def density_coverage_estimate(

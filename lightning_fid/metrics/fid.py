@@ -54,11 +54,12 @@ def check_symmetric(s: torch.Tensor, name: str) -> None:
         )
 
 
-def check_psd_eigenvalues(eigenvalues: torch.Tensor, name: str) -> None:
-    """Raise if an eigenvalue is negative beyond rounding (a covariance is positive semi-definite)."""
+def check_psd_eigenvalues(eigenvalues: torch.Tensor, name: str, floor: float = 0.0) -> None:
+    """Raise if an eigenvalue is negative beyond rounding (a covariance is positive semi-definite):
+    below -(:data:`PSD_TOLERANCE` x the largest magnitude + ``floor``, an absolute rounding level)."""
     scale = float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0
     smallest = float(eigenvalues.min()) if eigenvalues.numel() else 0.0
-    if smallest < -PSD_TOLERANCE * scale:
+    if smallest < -(PSD_TOLERANCE * scale + floor):
         raise ValueError(
             f"{name} is not positive semi-definite (eigenvalue {smallest:.3g}, largest {scale:.3g}): not a covariance"
         )
@@ -121,8 +122,15 @@ def _inputs(
 
 
 def _value(m1: torch.Tensor, s1: torch.Tensor, m2: torch.Tensor, s2: torch.Tensor, eig: torch.Tensor) -> float:
-    """FID from the statistics and the eigenvalues of F^T S2 F, checked (never NaN, never below 0)."""
-    check_psd_eigenvalues(eig, "sigma2")
+    """FID from the statistics and the eigenvalues of F^T S2 F, checked (never NaN, never below 0).
+
+    A covariance from uncentred sums carries rounding of about eps (|mu2|^2 + tr S2) per entry: for
+    identical generated samples (a collapsed generator) S2 is that rounding alone, and F^T S2 F's
+    eigenvalues (|F|^2 <= tr S1) may be that small and negative. Such a matrix is zero, not "not PSD"."""
+    floor = (
+        16 * m2.numel() * torch.finfo(torch.float64).eps * float(torch.trace(s1)) * float(m2.dot(m2) + torch.trace(s2))
+    )
+    check_psd_eigenvalues(eig, "sigma2", floor)
     diff = m1 - m2
     traces = torch.trace(s1) + torch.trace(s2)
     fid = diff.dot(diff) + traces - 2 * eig.clamp(min=0).sqrt().sum()
