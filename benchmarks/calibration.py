@@ -21,7 +21,8 @@ Feature distributions (cheap to draw at d = 2048):
 CMMD reads the features L2-normalised (its CLIP embeddings are unit vectors).
 
 ``--callback`` scores a small generator network through ``GenerativeMetrics`` (sampling, uint8
-quantisation, a small random encoder, group moments, merge, scoring) with noise seeds 0..seeds-1; the
+quantisation, a small random encoder, group moments, merge, scoring) with noise seeds 0..seeds-1
+(``--seed-offset``: from another seed); the
 reference images come from a nearby generator (weights x 1.3 plus 5 % noise, bias + 0.1) plus pixel noise.
 
 Each row is appended to ``--out`` as JSON as soon as it is done, so cells can be run apart;
@@ -151,8 +152,9 @@ def row(source: str, key: str, n: int, d: int, values: list[float], ses: list[fl
     }
 
 
-def callback_cells(sizes: list[int], seeds: int, names: list[str], groups: int) -> list[dict]:
-    """A small generator scored through GenerativeMetrics' evaluator with noise seeds 0..seeds-1."""
+def callback_cells(sizes: list[int], seeds: int, names: list[str], groups: int, offset: int = 0) -> list[dict]:
+    """A small generator scored through GenerativeMetrics' evaluator with noise seeds offset ..
+    offset + seeds - 1."""
     from torch import nn
     from torch.utils.data import TensorDataset
 
@@ -194,7 +196,7 @@ def callback_cells(sizes: list[int], seeds: int, names: list[str], groups: int) 
             log_images=0,
             error_bars=groups,
         )
-        runs = [cb.evaluator.evaluate(generator, seed=s)[0] for s in range(seeds)]
+        runs = [cb.evaluator.evaluate(generator, seed=offset + s)[0] for s in range(seeds)]
         for key in [k for k in names if k in runs[0]]:
             values = [r[key] for r in runs]
             ses = [r[key + "_se"] for r in runs]
@@ -235,7 +237,10 @@ def pivot(rows: list[dict]) -> str:
         for m in metrics:
             r = found.get(m)
             ratio = r["rms_se"] / r["sd"] if r and r["sd"] > 0 else math.nan
-            out.append("—" if r is None else f"{ratio:.2f}" + ("" if 0.8 <= ratio <= 1.25 else " ✗"))
+            if r is not None and r["sd"] == 0 and r["mean"] == 0:
+                out.append("(all 0)")  # nothing varied: no ratio
+            else:
+                out.append("—" if r is None else f"{ratio:.2f}" + ("" if 0.8 <= ratio <= 1.25 else " ✗"))
         seeds = "/".join(str(s) for s in sorted({r["seeds"] for r in found.values()}, reverse=True))
         lines.append(f"| {source} | {d} | {n} | {seeds} | " + " | ".join(out) + " |")
     return "\n".join(lines)
@@ -250,6 +255,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--groups", type=int, default=DEFAULT_GROUPS)
     parser.add_argument("--callback", action="store_true", help="the small generator through GenerativeMetrics")
+    parser.add_argument("--seed-offset", type=int, default=0, help="--callback: noise seeds from this one")
     parser.add_argument("--out", default="calibration.jsonl")
     parser.add_argument("--table", nargs="+", default=None, help="print the table of these results files and exit")
     parser.add_argument("--pivot", action="store_true", help="with --table: one markdown row per cell (README's)")
@@ -265,7 +271,7 @@ def main() -> None:
     rows = []
     with open(args.out, "a") as out:
         if args.callback:
-            cells = callback_cells(sizes, args.seeds, names, args.groups)
+            cells = callback_cells(sizes, args.seeds, names, args.groups, args.seed_offset)
             rows += cells
             out.write("".join(json.dumps(r) + "\n" for r in cells))
         else:

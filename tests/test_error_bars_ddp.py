@@ -75,6 +75,5 @@ def _knn_replicates(rank: int, world: int) -> list[list[float]]:
 def test_recall_replicates_are_identical_when_the_blocks_are_dealt_to_processes(tmp_path):
     one = _knn_replicates(0, 1)
     assert max(one[1]) > min(one[1])  # the replicates differ: the comparison is not of constants
-    for world in (2, 3):
-        for result in run_distributed(_knn_replicates, world, tmp_path):
-            assert result == one, world
+    for result in run_distributed(_knn_replicates, 3, tmp_path):  # 7 x 7 blocks dealt unevenly to 3 ranks
+        assert result == one
