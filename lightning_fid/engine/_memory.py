@@ -19,8 +19,12 @@ from lightning_fid.engine._slots import Slot
 SHARE = 0.8
 
 
-def needed_bytes(slots: Sequence[Slot], num_samples: int, num_real: int) -> int:
-    """Bytes the statistics of one evaluation and its reference keep (both sets, all slots)."""
+def needed_bytes(
+    slots: Sequence[Slot], num_samples: int, num_real: int, grouped: Mapping[str, int] | None = None
+) -> int:
+    """Bytes the statistics of one evaluation and its reference keep (both sets, all slots); with
+    ``grouped`` (slot name: jackknife groups), also each grouped slot's per-group moments of the
+    generated set and the merge's copy of them."""
     total = 0
     for slot in slots:
         d = slot.info.feature_dim
@@ -29,6 +33,7 @@ def needed_bytes(slots: Sequence[Slot], num_samples: int, num_real: int) -> int:
         if slot.moments:
             total += 2 * (d * d + d) * 8
         total += 2 * slot.classes * (d * d + d) * 8
+        total += 2 * (grouped or {}).get(slot.info.name, 0) * (d * d + d + 1) * 8
     return total
 
 
@@ -75,13 +80,10 @@ def check_group_memory(
         ValueError: when they and the run's other statistics need more than :data:`SHARE` of the
             available memory, naming ``error_bars``.
     """
-    extra = sum(
-        2 * grouped[s.info.name] * (s.info.feature_dim**2 + s.info.feature_dim + 1) * 8
-        for s in slots
-        if s.info.name in grouped
-    )
+    needed = needed_bytes(slots, num_samples, 0, grouped)
+    extra = needed - needed_bytes(slots, num_samples, 0)
     available = available_bytes(device)
-    if not extra or available is None or needed_bytes(slots, num_samples, 0) + extra <= SHARE * available:
+    if not extra or available is None or needed <= SHARE * available:
         return
     raise ValueError(
         f"error bars with {max(grouped.values())} groups keep {extra / 2**30:.1f} GiB of per-group moments on "

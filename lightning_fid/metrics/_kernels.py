@@ -120,6 +120,13 @@ def _lib(x: Any) -> ModuleType:
     return np if isinstance(x, np.ndarray) else torch
 
 
+def _computing_arrays(x: torch.Tensor, y: torch.Tensor) -> tuple[Any, Any]:
+    """x and y in x's compute precision, contiguous, as numpy arrays on the CPU (torch elsewhere)."""
+    dtype = compute_dtype(x)
+    x, y = x.to(dtype).contiguous(), y.to(dtype).contiguous()
+    return (x.numpy(), y.numpy()) if x.device.type == "cpu" else (x, y)
+
+
 def pair_sums(
     pairs: list[tuple[torch.Tensor, torch.Tensor, bool]],
     kernel: Kernel,
@@ -139,10 +146,7 @@ def pair_sums(
     sums = [[0.0, 0.0] for _ in pairs]
     job = 0
     for p, (x, y, symmetric) in enumerate(pairs):
-        dtype = compute_dtype(x)
-        x, y = x.to(dtype).contiguous(), y.to(dtype).contiguous()
-        if device.type == "cpu":
-            x, y = x.numpy(), y.numpy()
+        x, y = _computing_arrays(x, y)
         with ieee_float32(device):  # whatever TF32 setting the caller has: float32 Grams stay float32
             for blk, total, diagonal in kernel_blocks(x, y, symmetric, kernel, block_size, rank, world, job):
                 sums[p][0] += (2.0 if symmetric and blk.j > blk.i else 1.0) * total
@@ -170,10 +174,7 @@ def pair_group_sums(
     sums = torch.zeros(len(pairs), 2 + 3 * groups, dtype=torch.float64)
     job = 0
     for p, (x, y, symmetric) in enumerate(pairs):
-        dtype = compute_dtype(x)
-        x, y = x.to(dtype).contiguous(), y.to(dtype).contiguous()
-        if device.type == "cpu":
-            x, y = x.numpy(), y.numpy()
+        x, y = _computing_arrays(x, y)
         walk = list(blocks(x.shape[0], y.shape[0], block_size, symmetric))
         with ieee_float32(device):
             for blk in mine(walk, rank, world, start=job):
